@@ -1,0 +1,232 @@
+"""CLI commands of the data and training side: demo-data, features, train, evaluate, promote, rollback.
+
+Configuration is read once, here, at the entry point; the functions they call take plain
+arguments and write nothing themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+app = typer.Typer(help="leadscore: lead scoring and propensity models.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML with `features:` and `training:` sections.")]
+DataOpt = Annotated[Path, typer.Option("--data", help="Directory with contacts, events, stages (Parquet or CSV).")]
+UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Export date of the data (default: last stage change).")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a clear error and exit (no traceback for bad input)."""
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def print_frame(frame: pd.DataFrame, title: str, *, floats: str = "{:.4f}") -> None:
+    """A DataFrame as a rich table."""
+    table = Table(title=title, show_lines=False)
+    frame = frame.reset_index() if frame.index.name else frame
+    for c in frame.columns:
+        table.add_column(str(c), justify="right" if pd.api.types.is_numeric_dtype(frame[c]) else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[floats.format(v) if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+@app.command("demo-data")
+def demo_data(
+    contacts: Annotated[int, typer.Option("--contacts", min=1, help="Number of contacts.")] = 20_000,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo-data"),
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 7,
+) -> None:
+    """Synthetic B2B contact base with known true conversion probabilities (`truth` table)."""
+    from features.synthetic import generate, write_tables
+
+    with console.status(f"generating {contacts:,} contacts"):
+        tables = generate(contacts, seed=seed)
+        paths = write_tables(tables, out)
+    for name, path in paths.items():
+        console.print(f"{name:9s} {len(tables[name]):>12,} rows  {path}")
+
+
+def _load(data: Path, until: str | None):
+    from features.io import DataError
+    from features.loading import load_base
+
+    try:
+        return load_base(data, until=until)
+    except (DataError, FileNotFoundError) as e:
+        fail(str(e))
+
+
+@app.command()
+def features(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the point-in-time feature table at one as-of date, for inspection."""
+    from features.build import build_features
+    from features.config import FeatureConfig
+
+    base = _load(data, as_of)
+    feats = build_features(base.contacts, base.events, base.stages, as_of or base.until,
+                           config=FeatureConfig.from_yaml(config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    feats.to_parquet(out, index=False)
+    console.print(f"{len(feats):,} eligible contacts x {feats.shape[1] - 2} features at "
+                  f"{pd.Timestamp(as_of or base.until).date()} -> {out}")
+    print_frame(base.rejects_by_reason(), "rejected rows")
+
+
+def _training_set(base, feature_config):
+    from features.build import build_training_set, monthly_as_of_dates
+
+    dates = monthly_as_of_dates(base.contacts["created_at"].min(), base.until,
+                                horizon_days=feature_config.horizon_days)
+    return build_training_set(base.contacts, base.events, base.stages, dates, config=feature_config)
+
+
+def _input_example(base, n: int = 3) -> pd.DataFrame:
+    """A few raw leads (contact fields + events JSON) for the MLflow signature, without PII."""
+    contacts = base.contacts.head(n).drop(columns=["email", "phone", "company_name"], errors="ignore")
+    keep = [c for c in contacts.columns if c in __import__("features.schema", fromlist=["x"]).CONTACTS.columns]
+    contacts = contacts[keep].copy()
+    contacts["created_at"] = contacts["created_at"].astype(str)
+    ev = base.events[base.events["contact_id"].isin(contacts["contact_id"])].copy()
+    ev["ts"] = ev["ts"].astype(str)
+    grouped = {cid: g.drop(columns="contact_id").astype(object).where(g.notna(), None).to_dict("records")
+               for cid, g in ev.groupby("contact_id")}
+    contacts["events"] = [json.dumps(grouped.get(c, []), default=str) for c in contacts["contact_id"]]
+    contacts["as_of"] = str(base.until)
+    return contacts.reset_index(drop=True)
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
+    table: Annotated[Optional[Path], typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")] = None,
+    dataset_config: Annotated[Optional[Path], typer.Option("--dataset-config", help="Dataset YAML for --table.")] = None,
+    config: ConfigOpt = None,
+    until: UntilOpt = None,
+    tune: Annotated[int, typer.Option("--tune", min=0, help="Optuna trials inside the training window (0: off).")] = 0,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
+) -> None:
+    """Build the training set, train rules + LightGBM, log to MLflow, register, apply the gate."""
+    from features.config import FeatureConfig
+    from training.config import TrainConfig
+    from training.tracking import configure_tracking, log_training
+    from training.train import NotEnoughData, train as run_training
+
+    if (data is None) == (table is None):
+        fail("give exactly one of --data DIR or --table FILE")
+    if table is not None:
+        from training.crm import train_table_command
+
+        train_table_command(table, dataset_config, config, tune, workdir)
+        return
+    fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
+    uri = configure_tracking(workdir)
+    base = _load(data, until)
+    with console.status("building point-in-time training set"):
+        ts = _training_set(base, fcfg)
+    console.print(f"training set: {len(ts):,} rows, {ts['as_of'].nunique()} as-of dates, "
+                  f"{ts['converted'].mean():.2%} converted")
+    try:
+        with console.status("training"):
+            result = run_training(ts, config=tcfg, feature_config=fcfg, truth=base.truth, tune_trials=tune)
+    except NotEnoughData as e:
+        console.print(f"[yellow]no model trained: {e}. The rule scorer stays in charge.[/]")
+        return
+    with console.status("logging to MLflow"):
+        summary = log_training(result, training_set=ts, source=str(data.resolve()),
+                               input_example=_input_example(base), gate_config=tcfg.gate)
+    for col, why in result.excluded.items():
+        console.print(f"[yellow]excluded[/] {col}: {why}")
+    print_frame(result.comparison[["roc_auc", "pr_auc", "log_loss", "brier", "ece",
+                                   "top_decile_lift", "recall_top10", "recall_top20"]],
+                f"test window {result.split.description['test']}")
+    verdict = "[green]champion[/]" if summary["promoted"] else "[yellow]challenger[/]"
+    console.print(f"registered lead-scoring version {summary['version']} as {verdict}: {summary['reason']}")
+    console.print(f"run {summary['run_id']} in {uri}")
+
+
+@app.command()
+def evaluate(
+    data: DataOpt,
+    config: ConfigOpt = None,
+    until: UntilOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model URI to compare too (default: the champion).")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
+) -> None:
+    """Model vs rules vs logistic baseline (vs oracle, vs champion) on the latest window."""
+    from features.config import FeatureConfig
+    from training.config import TrainConfig
+    from training.metrics import compare
+    from training.registry import load_scorer
+    from training.tracking import configure_tracking
+    from training.train import NotEnoughData, train as run_training
+
+    fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
+    configure_tracking(workdir)
+    base = _load(data, until)
+    ts = _training_set(base, fcfg)
+    try:
+        result = run_training(ts, config=tcfg, feature_config=fcfg, truth=base.truth)
+    except NotEnoughData as e:
+        fail(f"cannot evaluate: {e}")
+    preds = result.test_predictions
+    scorers = {c: preds[c].to_numpy() for c in ("model", "rules", "logistic", "oracle") if c in preds}
+    champion = load_scorer(model)
+    if champion.scorer == "model":
+        test = ts.loc[result.split.test].reset_index(drop=True)
+        scorers[f"champion v{champion.model_version}"] = champion.predict_proba(test)
+    table = compare(scorers, preds["converted"].to_numpy()).set_index("scorer")
+    print_frame(table[["roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift",
+                       "recall_top10", "recall_top20"]], f"test window {result.split.description['test']}")
+    print_frame(result.deciles[["decile", "count", "positives", "conversion_rate", "lift",
+                                "cumulative_recall"]], "model: conversion by score decile (1 = top)")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version of lead-scoring.")],
+    workdir: Annotated[Path, typer.Option("--workdir")] = Path("."),
+) -> None:
+    """Move the `champion` alias to VERSION."""
+    from mlflow.exceptions import MlflowException
+
+    from training.tracking import configure_tracking, promote as do_promote
+
+    configure_tracking(workdir)
+    try:
+        console.print(do_promote(version))
+    except MlflowException as e:
+        fail(f"cannot promote version {version}: {e.message}")
+
+
+@app.command()
+def rollback(workdir: Annotated[Path, typer.Option("--workdir")] = Path(".")) -> None:
+    """Move the `champion` alias back to the version it replaced."""
+    from training.tracking import configure_tracking, rollback as do_rollback
+
+    configure_tracking(workdir)
+    try:
+        console.print(do_rollback())
+    except LookupError as e:
+        fail(str(e))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,59 @@
+"""The MLflow pyfunc flavour of the lead scorer: raw contacts + events in, scores out.
+
+``mlflow.pyfunc.load_model("models:/lead-scoring@champion").predict(frame)`` takes one row
+per contact with the contact columns, an ``events`` column (a JSON list of events, or a
+list of dicts), optionally ``stages`` (same form) and ``as_of``, and answers the design
+brief's outputs with ``reasons`` as a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+from features.build import features_for_leads
+from features.schema import CONTACTS
+
+ARTIFACT = "lead_model"
+
+
+def _records(value: Any) -> list[dict[str, Any]]:
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, str):
+        return json.loads(value) if value.strip() else []
+    return list(value)
+
+
+def raw_frame_to_leads(frame: pd.DataFrame) -> tuple[list[dict], list[dict], list[dict]]:
+    """Split a raw input frame into contact, event and stage records."""
+    contact_cols = [c for c in frame.columns if c in CONTACTS.columns]
+    contacts = frame[contact_cols].astype(object).where(frame[contact_cols].notna(), None).to_dict("records")
+    events, stages = [], []
+    for contact, ev, st in zip(contacts, frame.get("events", [None] * len(frame)),
+                               frame.get("stages", [None] * len(frame))):
+        events += [dict(e, contact_id=contact["contact_id"]) for e in _records(ev)]
+        stages += [dict(s, contact_id=contact["contact_id"]) for s in _records(st)]
+    return contacts, events, stages
+
+
+class LeadScoringPyfunc(mlflow.pyfunc.PythonModel):
+    """Loads a :class:`training.model.LeadModel` from its artifact directory."""
+
+    def load_context(self, context) -> None:
+        from training.model import LeadModel
+
+        self.model = LeadModel.load(context.artifacts[ARTIFACT], num_threads=1)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        as_of = pd.Timestamp(model_input["as_of"].iloc[0]) if "as_of" in model_input and len(model_input) \
+            else pd.Timestamp.now(tz="UTC").tz_localize(None)
+        contacts, events, stages = raw_frame_to_leads(model_input)
+        feats = features_for_leads(contacts, events, stages, as_of=as_of, config=self.model.feature_config)
+        out = self.model.score(feats, scored_at=pd.Timestamp.now(tz="UTC").tz_localize(None))
+        out["reasons"] = [json.dumps(r) for r in out["reasons"]]
+        out["scored_at"] = out["scored_at"].astype(str)
+        return out
