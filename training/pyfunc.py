@@ -13,11 +13,30 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 
 from features.build import features_for_leads
 from features.schema import CONTACTS
 
 ARTIFACT = "lead_model"
+
+
+_MLFLOW_TYPE = {"id": "string", "str": "string", "float": "double", "int": "long",
+                "bool": "boolean", "timestamp": "string"}
+
+
+def signature() -> ModelSignature:
+    """Input: the contact columns of the schema (only ``contact_id`` required), ``events`` and
+    ``stages`` as JSON strings, ``as_of``. Output: the design brief's columns."""
+    inputs = [ColSpec(_MLFLOW_TYPE[kind], name, required=name == "contact_id")
+              for name, kind in CONTACTS.columns.items()]
+    inputs += [ColSpec("string", c, required=False) for c in ("events", "stages", "as_of")]
+    outputs = [ColSpec(t, n) for n, t in (
+        ("contact_id", "string"), ("probability", "double"), ("score", "long"), ("band", "string"),
+        ("reasons", "string"), ("scorer", "string"), ("model_name", "string"),
+        ("model_version", "string"), ("scored_at", "string"))]
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
 def _records(value: Any) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
 from training.config import CHALLENGER, CHAMPION, REGISTERED_MODEL, GateConfig
-from training.pyfunc import ARTIFACT, LeadScoringPyfunc
+from training.pyfunc import ARTIFACT, signature
 from training.train import TrainResult
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ EXPERIMENT = "lead-scoring"
 
 def configure_tracking(workdir: Path | str = ".") -> str:
     """Use ``MLFLOW_TRACKING_URI`` or the embedded SQLite store in ``workdir``; returns the URI."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         workdir = Path(workdir).resolve()
@@ -88,7 +89,7 @@ def _plots(result: TrainResult, out: Path) -> list[Path]:
 
     preds = result.test_predictions
     y = preds[result.label].to_numpy()
-    scorers = [c for c in ("model", "rules", "logistic", "oracle") if c in preds]
+    scorers = [c for c in ("model", "rules", "logistic", "oracle") if c in result.comparison.index]
     paths = []
 
     def save(fig, name: str) -> None:
@@ -162,11 +163,11 @@ def log_training(
             mlflow.log_metrics({f"{scorer}_{k}": float(v) for k, v in row.items()
                                 if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)})
         mlflow.log_metrics({f"calibration_logloss_{k}": v for k, v in result.calibration_losses.items()})
-        mlflow.log_input(
-            mlflow.data.from_pandas(training_set, source=source, name="training_set",
-                                    targets=result.label),
-            context="training",
-        )
+        with warnings.catch_warnings():  # source ambiguity and int-column hints: not actionable
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(training_set, source=source, name="training_set",
+                                              targets=result.label)
+            mlflow.log_input(dataset, context="training")
         mlflow.set_tags({"split." + k: v for k, v in result.split.description.items()})
         if result.excluded:
             mlflow.log_dict(result.excluded, "excluded_features.json")
@@ -180,14 +181,11 @@ def log_training(
             for name in ("comparison.csv", "deciles.csv", "reliability.csv"):
                 mlflow.log_artifact(str(tmp_path / name), "evaluation")
             model_dir = result.model.save(tmp_path / ARTIFACT)
-            sample = LeadScoringPyfunc()
-            sample.model = result.model
-            output_example = sample.predict(None, input_example)
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=LeadScoringPyfunc(),
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code
                 artifacts={ARTIFACT: str(model_dir)},
-                signature=infer_signature(input_example, output_example),
+                signature=signature(),
                 input_example=input_example,
                 registered_model_name=registered_name,
             )

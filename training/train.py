@@ -218,10 +218,12 @@ def train(
     if truth is not None and time_column:
         t = truth.rename(columns={"p_convert_90d": "oracle"})[["contact_id", "as_of", "oracle"]]
         preds = preds.merge(t, on=["contact_id", "as_of"], how="left")
+    if "oracle" in preds and preds["oracle"].isna().any():
+        # merged duplicates and the like: compare every scorer on the rows the oracle knows
+        log.warning("truth table misses %d of %d test rows; they are left out of the comparison",
+                    int(preds["oracle"].isna().sum()), len(preds))
+        preds = preds[preds["oracle"].notna()].reset_index(drop=True)
     scorers = {c: preds[c].to_numpy() for c in ("model", "rules", "logistic", "oracle") if c in preds}
-    if "oracle" in scorers and np.isnan(scorers["oracle"]).any():
-        log.warning("truth table misses %d test rows; oracle left out", int(np.isnan(scorers["oracle"]).sum()))
-        scorers.pop("oracle")
     comparison = compare(scorers, preds[label].to_numpy()).set_index("scorer")
     model.metadata = {
         "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
