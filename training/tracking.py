@@ -185,7 +185,7 @@ def log_training(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code
                 artifacts={ARTIFACT: str(model_dir)},
-                signature=signature(),
+                signature=signature(result.model),
                 input_example=input_example,
                 registered_model_name=registered_name,
             )
@@ -203,7 +203,7 @@ def log_training(
         client.set_model_version_tag(registered_name, version, "gate", decision.reason)
         client.set_model_version_tag(registered_name, version, "run_id", run.info.run_id)
         if decision.promoted and champ is not None:
-            client.set_model_version_tag(registered_name, version, "previous_champion", champ.version)
+            client.set_model_version_tag(registered_name, version, "previous_champion", str(champ.version))
         client.set_registered_model_alias(registered_name, decision.alias, version)
         mlflow.set_tags({"gate": decision.reason, "alias": decision.alias})
     return {"run_id": run.info.run_id, "version": version, "alias": decision.alias,
@@ -215,8 +215,8 @@ def promote(version: str, name: str = REGISTERED_MODEL) -> str:
     client = MlflowClient()
     client.get_model_version(name, version)  # raises when the version does not exist
     champ = champion_version(client, name)
-    if champ is not None and champ.version != str(version):
-        client.set_model_version_tag(name, str(version), "previous_champion", champ.version)
+    if champ is not None and str(champ.version) != str(version):
+        client.set_model_version_tag(name, str(version), "previous_champion", str(champ.version))
     client.set_registered_model_alias(name, CHAMPION, str(version))
     return f"version {version} is now {CHAMPION}" + (f" (was {champ.version})" if champ else "")
 
