@@ -9,7 +9,9 @@ the horizon after ``T``. :func:`build_features` (batch), :func:`build_training_s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,19 @@ import pandas as pd
 
 from features import schema
 from features.config import FeatureConfig
-from features.engagement import encode_events, engagement_features
+from features.engagement import EventArrays, encode_events, engagement_features
 from features.firmographics import fit_features
-from features.lifecycle import converted_within, encode_stages, lifecycle_features, scorable
+from features.lifecycle import (
+    _TIE_RANK,
+    StageArrays,
+    converted_within,
+    encode_stages,
+    lifecycle_features,
+    scorable,
+)
 
 _NS_PER_DAY = 86_400 * 10**9
+_STAGE_CODE = {s: i for i, s in enumerate(schema.STAGES)}
 
 
 def with_hygiene_columns(contacts: pd.DataFrame, config: FeatureConfig) -> pd.DataFrame:
@@ -79,22 +89,11 @@ class Snapshotter:
         converted nor disqualified are kept, as for training and nightly scoring.
         """
         t = pd.Timestamp(as_of).as_unit("ns")
-        age = (t.value - self.created_ns) / _NS_PER_DAY
-        life = lifecycle_features(self.stages, t)
-        eng = engagement_features(self.events, t, half_life_days=self.config.half_life_days)
-        days_in_stage = np.where(np.isnan(life["days_in_stage"]), age, life["days_in_stage"])
-        columns: dict[str, Any] = {
-            "contact_id": self.ids.to_numpy(dtype=object),
-            "as_of": np.full(len(self.ids), t.as_unit("us").to_datetime64()),
-            **self.fit,
-            "contact_age_days": age,
-            "stage": life["stage"],
-            "days_in_stage": days_in_stage,
-            "stage_regressions": life["stage_regressions"],
-            **eng,
-        }
+        columns, keep = snapshot_columns(self.fit, self.created_ns, self.stages, self.events, t,
+                                         half_life_days=self.config.half_life_days)
+        columns = {"contact_id": self.ids.to_numpy(dtype=object),
+                   "as_of": np.full(len(self.ids), t.as_unit("us").to_datetime64()), **columns}
         if eligible_only:
-            keep = (age >= 0) & scorable(life["stage_code"])
             columns = {k: v[keep] for k, v in columns.items()}
         return pd.DataFrame({c: columns[c] for c in (*schema.KEY_COLUMNS, *schema.FEATURES)})
 
@@ -102,6 +101,201 @@ class Snapshotter:
         """Label of the given contacts: reached opportunity within the horizon after ``as_of``."""
         hit = converted_within(self.stages, pd.Timestamp(as_of), self.config.horizon_days)
         return hit[self.ids.get_indexer(contact_ids)].astype("int8")
+
+
+def snapshot_columns(
+    fit: dict[str, np.ndarray],
+    created_ns: np.ndarray,
+    stages: StageArrays,
+    events: EventArrays,
+    as_of: pd.Timestamp,
+    *,
+    half_life_days: float,
+    eligibility: bool = True,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The feature columns (:data:`schema.FEATURES`, name -> array) of encoded contacts at
+    ``as_of``, and the eligibility mask (created by then, not converted nor disqualified;
+    None without ``eligibility``).
+
+    The one place where fit, lifecycle and engagement kernels meet: the batch
+    (:meth:`Snapshotter.features_at`) and the online path (:func:`lead_feature_columns`).
+    """
+    t = pd.Timestamp(as_of).as_unit("ns")
+    age = (t.value - created_ns) / _NS_PER_DAY
+    life = lifecycle_features(stages, t)
+    eng = engagement_features(events, t, half_life_days=half_life_days)
+    days_in_stage = np.where(np.isnan(life["days_in_stage"]), age, life["days_in_stage"])
+    columns: dict[str, Any] = {
+        **fit,
+        "contact_age_days": age,
+        "stage": life["stage"],
+        "days_in_stage": days_in_stage,
+        "stage_regressions": life["stage_regressions"],
+        **eng,
+    }
+    keep = (age >= 0) & scorable(life["stage_code"]) if eligibility else None
+    return columns, keep
+
+
+def encode_stage_records(contact: np.ndarray, ts: np.ndarray, stage: list[object],
+                         n_contacts: int) -> StageArrays:
+    """Stage changes given as plain columns, encoded as :func:`encode_stages` does (unknown
+    stages dropped; sorted by contact, time and funnel rank)."""
+    code = np.fromiter((_STAGE_CODE.get(s, -1) if isinstance(s, str) else -1 for s in stage),
+                       dtype=np.int64, count=len(stage))
+    pos = np.asarray(contact, dtype=np.int64)
+    ts = np.asarray(ts, dtype=np.int64)
+    keep = (pos >= 0) & (code >= 0)
+    pos, ts, code = pos[keep], ts[keep], code[keep].astype(np.int8)
+    order = np.lexsort((_TIE_RANK[code], ts, pos))
+    return StageArrays(pos[order], ts[order], code[order], n_contacts)
+
+
+def lead_feature_columns(
+    contacts: Mapping[str, Sequence[Any]],
+    created_ns: np.ndarray,
+    events: EventArrays,
+    stages: StageArrays,
+    *,
+    as_of: pd.Timestamp | str,
+    config: FeatureConfig | None = None,
+) -> dict[str, np.ndarray]:
+    """Feature columns (name -> array, :data:`schema.FEATURES`) of leads given as columns.
+
+    The online path without DataFrames: ``contacts`` maps contact columns to one value per
+    lead (None when missing; ``email_quality`` and ``has_phone`` are derived from ``email``,
+    ``phone`` and ``country`` when absent), ``created_ns`` is each lead's creation time in ns
+    since the epoch, ``events`` and ``stages`` come from :func:`~features.engagement.encode_event_records`
+    and :func:`encode_stage_records`. Same kernels as :meth:`Snapshotter.features_at`, with
+    every lead kept whatever its stage (as :func:`features_for_leads`).
+    """
+    config = config or FeatureConfig()
+    n = len(created_ns)
+    cols = {k: np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v
+            for k, v in contacts.items()}
+    if "email_quality" not in cols:
+        cols["email_quality"] = _email_quality(cols.get("email"), n)
+    if "has_phone" not in cols:
+        cols["has_phone"] = _has_phone(cols.get("phone"), cols.get("country"), n, config)
+    columns, _ = snapshot_columns(fit_features(cols, n=n), np.asarray(created_ns, dtype=np.int64),
+                                  stages, events, pd.Timestamp(as_of),
+                                  half_life_days=config.half_life_days, eligibility=False)
+    return columns
+
+
+def _all_missing(values: np.ndarray | None) -> bool:
+    return values is None or all(v is None for v in values)
+
+
+def _email_quality(emails: np.ndarray | None, n: int) -> np.ndarray:
+    """:func:`features.hygiene.email_quality` of a few addresses (same answers, tested)."""
+    if _all_missing(emails):  # what email_quality answers for missing addresses
+        return np.full(n, "missing", dtype=object)
+    from features import hygiene
+
+    if n <= _SCALAR_MAX and all(v is None or (isinstance(v, str) and v.isascii()) for v in emails):
+        return np.array([_email_quality_one(v, hygiene) for v in emails], dtype=object)
+    return hygiene.email_quality(pd.Series(emails, dtype=object)).to_numpy(dtype=object)
+
+
+def _has_phone(phones: np.ndarray | None, countries: np.ndarray | None, n: int,
+               config: FeatureConfig) -> np.ndarray:
+    """:func:`features.hygiene.phone_valid` of a few numbers, as int8 (same answers, tested)."""
+    if _all_missing(phones):  # phone_valid is False for missing numbers
+        return np.zeros(n, dtype="int8")
+    from features import hygiene
+
+    countries_ok = countries is None or all(c is None or (isinstance(c, str) and c.isascii())
+                                            for c in countries)
+    if n <= _SCALAR_MAX and countries_ok and all(v is None or (isinstance(v, str) and v.isascii())
+                                            for v in phones):
+        region = [_phone_region(None if countries is None else c, config, hygiene)
+                  for c in (countries if countries is not None else [None] * n)]
+        return np.array([_phone_valid_one(p, r, hygiene) for p, r in zip(phones, region)],
+                        dtype="int8").reshape(n)
+    c = None if countries is None else pd.Series(countries, dtype=object)
+    valid = hygiene.phone_valid(pd.Series(phones, dtype=object), c,
+                                default_region=config.default_phone_region)
+    return valid.to_numpy().astype("int8")
+
+
+# --- one value at a time, for the online path ---------------------------------------------
+# features.hygiene classifies columns with Arrow kernels whose fixed cost (regex compilation)
+# is milliseconds per call, and takes the verdict of email-validator / phonenumbers, with
+# vectorised shortcuts that give the same answers. For a few ASCII values the libraries are
+# asked directly (a few us an address, ~40 us a phone number); anything else goes through
+# hygiene itself. Hygiene's column kernels pay off from thousands of values on.
+_SCALAR_MAX = 5000
+
+
+# A plain address (ASCII dot-atom local part, ordinary host name) that email-validator
+# accepts without doubt; anything else is left to the library.
+_PLAIN_LOCAL = re.compile(r"[a-z0-9_!#$%&'*+\-/=?^`{|}~]+(?:\.[a-z0-9_!#$%&'*+\-/=?^`{|}~]+)*\Z")
+_PLAIN_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\Z")
+
+
+@lru_cache(maxsize=1)
+def _special_use() -> tuple[str, ...]:
+    import email_validator
+
+    return tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+
+
+def _plainly_valid(local: str, domain: str, address: str) -> bool:
+    return (0 < len(local) <= 64 and len(address) <= 254 and len(domain) <= 253
+            and _PLAIN_LOCAL.match(local) is not None and _PLAIN_HOST.match(domain) is not None
+            and "--" not in domain
+            and not any(domain == s or domain.endswith("." + s) for s in _special_use()))
+
+
+def _email_quality_one(email: str | None, hygiene: Any) -> str:
+    """Quality of one ASCII address: missing, invalid, or the kind of its domain."""
+    corporate, free, disposable, invalid, missing = schema.EMAIL_QUALITIES
+    text = email.strip() if email is not None else ""
+    if not text:
+        return missing
+    lower = text.lower()
+    if "@" not in lower:
+        return invalid
+    local, _, domain = lower.rpartition("@")
+    if not _plainly_valid(local, domain, lower):
+        import email_validator
+
+        try:
+            email_validator.validate_email(lower, check_deliverability=False)
+        except email_validator.EmailNotValidError:
+            return invalid
+    lists = hygiene.email_domains()
+    suffixes = [domain] + [domain[i + 1:] for i, ch in enumerate(domain) if ch == "."]
+    if any(d in lists["disposable"] for d in suffixes):
+        return disposable
+    if any(d in lists["free"] for d in suffixes):
+        return free
+    return corporate
+
+
+def _phone_region(country: str | None, config: FeatureConfig, hygiene: Any) -> str | None:
+    """Region in which a national-format number of this contact is read."""
+    import phonenumbers
+
+    default = config.default_phone_region.upper() if config.default_phone_region else None
+    code = country.strip().upper() if isinstance(country, str) else ""
+    if not code:
+        return default
+    region = getattr(hygiene, "_REGION_ALIASES", {"UK": "GB"}).get(code, code)
+    return region if region in phonenumbers.SUPPORTED_REGIONS else default
+
+
+def _phone_valid_one(phone: str | None, region: str | None, hygiene: Any) -> bool:
+    import phonenumbers
+
+    text = phone.strip() if phone is not None else ""
+    if not text:
+        return False
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(text, region))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def build_features(

@@ -24,6 +24,13 @@ _CONTENT = np.array(
     [_TYPE_CODE[t] for t in ("content_download", "webinar_registered", "webinar_attended")]
 )
 _NS_PER_DAY = 86_400 * 10**9
+_POSITIVE = np.ones(_NT, dtype=bool)  # every type but the negative signals
+_POSITIVE[_NEGATIVE] = False
+_IS_CONTENT = np.zeros(_NT, dtype=bool)
+_IS_CONTENT[_CONTENT] = True
+_WINDOW_NAMES = {w: tuple(f"{t}_{w}d" for t in _TYPES) for w in schema.WINDOWS_DAYS}
+_SINCE_NAMES = tuple(f"days_since_{t}" for t in schema.EVENT_TYPES)
+_DECAYED_NAMES = tuple(f"{t}_decayed" for t in schema.EVENT_TYPES)
 
 
 @dataclass(frozen=True)
@@ -48,25 +55,78 @@ def encode_events(events: pd.DataFrame, contact_ids: pd.Index) -> EventArrays:
     """Encode an events table against the contacts it belongs to (unknown contacts dropped)."""
     pos = contact_ids.get_indexer(events["contact_id"])
     ts = pd.to_datetime(events["ts"]).to_numpy(dtype="datetime64[ns]").view("int64")
-    keep = (pos >= 0) & (ts != np.iinfo(np.int64).min)  # unknown contact or NaT
     if "campaign_id" in events:
         content, _ = pd.factorize(events["campaign_id"], use_na_sentinel=True)
     else:
         content = np.full(len(events), -1)
-    pos, ts, tcode = pos[keep].astype(np.int64), ts[keep], type_codes(events["event_type"])[keep]
-    content = np.asarray(content, dtype=np.int64)[keep]
+    return _canonical(pos, ts, type_codes(events["event_type"]), content, len(contact_ids))
+
+
+def encode_event_records(
+    contact: np.ndarray,
+    ts: np.ndarray,
+    event_type: list[object],
+    campaign_id: list[object] | None,
+    n_contacts: int,
+) -> EventArrays:
+    """Encode events given as plain columns (the online path: no DataFrame, same arrays).
+
+    Parameters
+    ----------
+    contact : int array
+        Row position of each event's contact (0..n_contacts-1; -1 drops the event).
+    ts : int64 array
+        Nanoseconds since the epoch (``NaT``'s int64 value drops the event).
+    event_type, campaign_id : list
+        One entry per event; unknown or missing types are "other", missing campaigns -1.
+    n_contacts : int
+        Number of contacts.
+    """
+    tcode = np.array([_TYPE_CODE.get(t, _OTHER) if isinstance(t, str) else _OTHER
+                      for t in event_type], dtype=np.int8).reshape(len(event_type))
+    if campaign_id is None:
+        content = np.full(len(event_type), -1, dtype=np.int64)
+    else:  # codes in order of first appearance, as pd.factorize
+        seen: dict[object, int] = {}
+        content = np.array([-1 if c is None or c != c else seen.setdefault(c, len(seen))
+                            for c in campaign_id], dtype=np.int64).reshape(len(campaign_id))
+    return _canonical(np.asarray(contact), np.asarray(ts, dtype=np.int64), tcode, content, n_contacts)
+
+
+def _canonical(pos: np.ndarray, ts: np.ndarray, tcode: np.ndarray, content: np.ndarray,
+               n_contacts: int) -> EventArrays:
+    keep = (pos >= 0) & (ts != np.iinfo(np.int64).min)  # unknown contact or NaT
+    content = np.asarray(content, dtype=np.int64)
+    if not keep.all():
+        pos, ts, tcode, content = pos[keep], ts[keep], tcode[keep], content[keep]
+    pos = pos.astype(np.int64, copy=False)
     # a canonical order makes the floating-point sums independent of the input's order
     order = np.lexsort((content, tcode, ts, pos))
-    return EventArrays(pos[order], ts[order], tcode[order], content[order], len(contact_ids))
+    return EventArrays(pos[order], ts[order], tcode[order], content[order], n_contacts)
 
 
 def _counts(key: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
     return np.bincount(key, weights=weights, minlength=n * _NT).reshape(n, _NT)
 
 
+_SMALL = 256  # up to this many values, Python sets beat numpy's set machinery (same results)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an int64 array."""
+    if len(values) <= _SMALL:
+        return np.array(sorted(set(values.tolist())), dtype=np.int64)
+    return np.unique(values)
+
+
 def _active_days(contact: np.ndarray, day_back: np.ndarray, n: int, window: int) -> np.ndarray:
     """Distinct calendar days with an event, per contact, among days_back < window."""
     m = day_back < window
+    if len(contact) <= _SMALL:
+        out = np.zeros(n, dtype="float64")
+        for c, _ in set(zip(contact[m].tolist(), day_back[m].tolist())):
+            out[c] += 1.0
+        return out
     flags = np.zeros(n * window, dtype=bool)
     flags[contact[m] * window + day_back[m]] = True
     return flags.reshape(n, window).sum(axis=1).astype("float64")
@@ -84,54 +144,56 @@ def engagement_features(
     n = ev.n_contacts
     t_ns = pd.Timestamp(as_of).as_unit("ns").value
     known = ev.ts <= t_ns
-    contact, tcode = ev.contact[known], ev.type_code[known].astype(np.int64)
-    age = (t_ns - ev.ts[known]) / _NS_PER_DAY  # float days, >= 0
+    all_known = bool(known.all())  # the online case: no copies
+    contact = ev.contact if all_known else ev.contact[known]
+    ts = ev.ts if all_known else ev.ts[known]
+    tcode = (ev.type_code if all_known else ev.type_code[known]).astype(np.int64)
+    age = (t_ns - ts) / _NS_PER_DAY  # float days, >= 0
     key = contact * _NT + tcode
     out: dict[str, np.ndarray] = {}
 
     windows = {}
     for w in schema.WINDOWS_DAYS:
-        m = age < w
-        windows[w] = _counts(key[m], n)
-        for j, t in enumerate(_TYPES):
-            out[f"{t}_{w}d"] = windows[w][:, j].astype("float64")
+        windows[w] = _counts(key[age < w], n)
+        as_float = windows[w].astype("float64")  # one conversion, column views below
+        for j, name in enumerate(_WINDOW_NAMES[w]):
+            out[name] = as_float[:, j]
 
     last = np.full(n * _NT, np.inf)
     np.minimum.at(last, key, age)
     last = last.reshape(n, _NT)
-    for j, t in enumerate(schema.EVENT_TYPES):
-        out[f"days_since_{t}"] = np.where(np.isinf(last[:, j]), np.nan, last[:, j])
+    since = np.where(np.isinf(last), np.nan, last)
+    for j, name in enumerate(_SINCE_NAMES):
+        out[name] = since[:, j]
     any_last = last.min(axis=1)
     out["days_since_last_event"] = np.where(np.isinf(any_last), np.nan, any_last)
 
     decayed = _counts(key, n, weights=np.exp2(-age / half_life_days))
-    for j, t in enumerate(schema.EVENT_TYPES):
-        out[f"{t}_decayed"] = decayed[:, j]
-    positive = np.ones(_NT, dtype=bool)
-    positive[_NEGATIVE] = False
-    out["engagement_decayed"] = decayed[:, positive].sum(axis=1)
+    for j, name in enumerate(_DECAYED_NAMES):
+        out[name] = decayed[:, j]
+    out["engagement_decayed"] = decayed[:, _POSITIVE].sum(axis=1)
 
     # calendar days back from the as-of date: 0 = the as-of day itself
     t_day = t_ns // _NS_PER_DAY
-    day_back = t_day - ev.ts[known] // _NS_PER_DAY
+    day_back = t_day - ts // _NS_PER_DAY
     out["active_days_30d"] = _active_days(contact, np.where(age < 30, day_back, 10**9), n, 31)
     out["active_days_90d"] = _active_days(contact, np.where(age < 90, day_back, 10**9), n, 91)
 
-    pos_events = positive[tcode]
+    pos_events = _POSITIVE[tcode]
     last7 = np.bincount(contact[(age < 7) & pos_events], minlength=n)
     before = np.bincount(contact[(age >= 7) & (age < 37) & pos_events], minlength=n)
     out["engagement_trend"] = (last7 + 1.0) / (7.0 / 30.0 * before + 1.0)
 
-    m = (age < 90) & np.isin(tcode, _CONTENT) & (ev.content[known] >= 0)
-    pairs = np.unique(contact[m] * (int(ev.content.max(initial=0)) + 1) + ev.content[known][m])
-    out["distinct_content_90d"] = np.bincount(
-        pairs // (int(ev.content.max(initial=0)) + 1), minlength=n
-    ).astype("float64")
+    content = ev.content[known] if not all_known else ev.content
+    span = int(ev.content.max(initial=0)) + 1
+    m = (age < 90) & _IS_CONTENT[tcode] & (content >= 0)
+    pairs = _distinct(contact[m] * span + content[m])
+    out["distinct_content_90d"] = np.bincount(pairs // span, minlength=n).astype("float64")
 
     opens = windows[90][:, _TYPE_CODE["email_open"]]
     clicks = windows[90][:, _TYPE_CODE["email_click"]]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["email_ctr_90d"] = np.where(opens > 0, clicks / np.maximum(opens, 1), np.nan)
+    # the divisor is at least 1: no division warnings to silence
+    out["email_ctr_90d"] = np.where(opens > 0, clicks / np.maximum(opens, 1), np.nan)
 
     out["unsubscribed"] = np.isfinite(last[:, _TYPE_CODE["unsubscribe"]]).astype("float64")
     out["bounced"] = np.isfinite(last[:, _TYPE_CODE["email_bounce"]]).astype("float64")

@@ -18,7 +18,9 @@ A pipeline of another shape raises :class:`NotImplementedError` in
 
 from __future__ import annotations
 
+import ctypes
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ import numpy as np
 from feature_engine.encoding import OrdinalEncoder, RareLabelEncoder
 from feature_engine.imputation import CategoricalImputer
 
+from features.schema import BANDS
 from features.transformers import ColumnSelector
 from training.model import LeadModel
 from training.scoring import json_safe, readable, top_effects
@@ -34,6 +37,7 @@ from training.scoring import json_safe, readable, top_effects
 __all__ = ["CompiledEncoder", "FastScorer"]
 
 _DECIMALS = 4  # format_reasons' default, used by LeadModel.score
+TOP_BANDS = ("A", "B")  # reasons="top": the bands sales calls, as `leadscore score --reasons top`
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class CompiledEncoder:
         self.categories = categories
 
     @classmethod
-    def from_model(cls, model: LeadModel) -> "CompiledEncoder":
+    def from_model(cls, model: LeadModel) -> CompiledEncoder:
         """Read the fitted pipeline of ``model``; NotImplementedError for another shape."""
         steps = dict(model.preprocessor.steps)
         select = steps.get("select")
@@ -98,6 +102,17 @@ class CompiledEncoder:
             categories[c] = _Category(table, other, table.get(fill, other) if isinstance(fill, str) else other)
         return cls(cats, model.numeric, categories)
 
+    def row(self, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> np.ndarray:
+        """The booster's input for one lead (``columns`` of length 1), as a float64 vector."""
+        values = []
+        for c in self.categorical:
+            cat = self.categories[c]
+            v = columns[c][0]
+            values.append(cat.missing if v is None or (isinstance(v, float) and math.isnan(v))
+                          else cat.codes.get(v, cat.other) if isinstance(v, str) else cat.other)
+        values += [columns[c][0] for c in self.numeric]
+        return np.array(values, dtype="float64")
+
     def matrix(self, columns: Mapping[str, np.ndarray | Sequence[Any]], n: int) -> np.ndarray:
         """The booster's float64 input ``(n, len(categorical) + len(numeric))``."""
         X = np.empty((n, len(self.categorical) + len(self.numeric)), dtype="float64")
@@ -116,6 +131,10 @@ class CompiledEncoder:
 class FastScorer:
     """A :class:`LeadModel` scoring feature columns without pandas (same results).
 
+    One lead (the common HTTP request) takes a path of its own: LightGBM's single-row C API
+    (``LGBM_BoosterPredictForMatSingleRowFast``: the same predictor without the per-call
+    set-up of ``Booster.predict``) and plain Python for the score scale and the reasons.
+
     Parameters
     ----------
     model : LeadModel
@@ -131,6 +150,17 @@ class FastScorer:
         self.names = [readable(f) for f in self.columns]
         self.model_name = model.model_name
         self.model_version = model.model_version
+        self.top_k = model.top_k
+        q = np.asarray(model.scale.quantiles)  # ScoreScale.score's tables, computed once
+        self._uniq, first = np.unique(q, return_index=True)
+        last = np.append(first[1:] - 1, q.size - 1)
+        self._mid_rank = (first + last) / 2.0
+        self._lo, self._hi = float(self._uniq[0]), float(self._uniq[-1])
+        self._thresholds = [(b, float(model.scale.band_thresholds[b])) for b in BANDS[:-1]]
+        n_features = len(self.columns)
+        self._predict_one = _SingleRow(model.booster, _C_API_PREDICT_NORMAL, 1, n_features)
+        self._contrib_one = _SingleRow(model.booster, _C_API_PREDICT_CONTRIB, n_features + 1,
+                                       n_features)
 
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of the rows of the booster matrix ``X``."""
@@ -142,15 +172,22 @@ class FastScorer:
         contact_ids: Sequence[str],
         *,
         scored_at: str,
-        reasons: bool | np.ndarray = True,
+        reasons: bool | np.ndarray | str = True,
     ) -> list[dict[str, Any]]:
         """Outputs (one dict per lead, :data:`features.schema.OUTPUT_COLUMNS`) of the leads
-        whose feature columns are ``features``; reasons where ``reasons`` says."""
+        whose feature columns are ``features``; reasons where ``reasons`` says (all, none, a
+        boolean mask, or ``"top"``: leads in bands A and B, as ``leadscore score``)."""
         n = len(contact_ids)
+        if isinstance(reasons, str) and reasons != "top":
+            raise ValueError(f"reasons: expected True, False, a mask or 'top', got {reasons!r}")
+        if n == 1:
+            return [self._score_one(features, contact_ids[0], scored_at, reasons)]
         X = self.encoder.matrix(features, n)
         p = self.probabilities(X)
         score = self.model.scale.score(p)
         band = self.model.scale.band(score)
+        if isinstance(reasons, str):
+            reasons = np.isin(band, TOP_BANDS)
         rows = np.arange(n) if reasons is True else np.flatnonzero(reasons) if reasons is not False \
             else np.arange(0)
         explained: list[list[dict[str, Any]]] = [[] for _ in range(n)]
@@ -164,6 +201,81 @@ class FastScorer:
             for cid, pi, si, bi, ri in zip(contact_ids, p.astype("float64").tolist(), score.tolist(),
                                            band.tolist(), explained)
         ]
+
+    def _score_one(self, features: Mapping[str, np.ndarray], contact_id: str, scored_at: str,
+                   reasons: bool | np.ndarray | str) -> dict[str, Any]:
+        """One lead: the same numbers as the matrix path, with less machinery."""
+        row = self.encoder.row(features)
+        raw = self.predict_one(row)
+        explain = self.explains(raw, reasons)
+        return self.finish_one(features, contact_id, scored_at, raw,
+                               self.contributions_one(row) if explain else None)
+
+    # The single-lead path in three steps, so that a server can run the trees (C code that
+    # releases the GIL) off its event loop: row() -> predict_one/contributions_one -> finish_one.
+    def predict_one(self, row: np.ndarray) -> float:
+        """The booster's raw output for one encoded lead (thread-safe)."""
+        return float(self._predict_one(row)[0])
+
+    def contributions_one(self, row: np.ndarray) -> np.ndarray:
+        """``pred_contrib`` of one encoded lead, bias last (thread-safe)."""
+        return self._contrib_one(row)
+
+    def predict_and_explain_one(self, row: np.ndarray) -> tuple[float, np.ndarray]:
+        return self.predict_one(row), self.contributions_one(row)
+
+    def explains(self, raw: float, reasons: bool | np.ndarray | str) -> bool:
+        """Whether a lead with this raw output gets reasons under ``reasons``."""
+        if reasons is True or reasons is False:
+            return reasons
+        if isinstance(reasons, str):
+            return self._band(self._score(self._probability(raw))) in TOP_BANDS
+        return bool(np.asarray(reasons)[0])
+
+    def finish_one(self, features: Mapping[str, np.ndarray], contact_id: str, scored_at: str,
+                   raw: float, contributions: np.ndarray | None) -> dict[str, Any]:
+        """The outputs of one lead from its raw output and (when explained) contributions."""
+        p = self._probability(raw)
+        score = self._score(p)
+        return {"contact_id": contact_id, "probability": p, "score": score, "band": self._band(score),
+                "reasons": [] if contributions is None else self._reasons_one(contributions, features),
+                "scorer": "model", "model_name": self.model_name,
+                "model_version": self.model_version, "scored_at": scored_at}
+
+    def _probability(self, raw: float) -> float:
+        return float(self.model.calibrator.transform(np.array([raw]))[0])
+
+    def _band(self, score: int) -> str:
+        for b, t in self._thresholds:
+            if score >= t:
+                return b
+        return BANDS[-1]
+
+    def _score(self, p: float) -> int:
+        """:meth:`ScoreScale.score` of one probability (same arithmetic)."""
+        if p != p:
+            return 0
+        raw = float(np.interp(p, self._uniq, self._mid_rank))
+        if p < self._lo:
+            raw = 0.0
+        if p > self._hi:
+            raw = 100.0
+        return int(min(max(math.floor(raw + 0.5), 0), 100))
+
+    def _reasons_one(self, contributions: np.ndarray, features: Mapping[str, np.ndarray]
+                     ) -> list[dict[str, Any]]:
+        """Reasons of one lead, as :func:`top_effects` + :func:`format_reasons` give them."""
+        e = np.nan_to_num(contributions[:-1], nan=0.0, posinf=0.0, neginf=0.0).tolist()
+        k = min(self.top_k, len(e))
+        pos = sorted((j for j, v in enumerate(e) if v > 0), key=lambda j: (-e[j], j))[:k]
+        neg = sorted((j for j, v in enumerate(e) if v < 0), key=lambda j: (e[j], j))[:k]
+        chosen = sorted(pos + neg, key=lambda j: -abs(e[j]))  # stable: positives first on ties
+        if not chosen:
+            return []
+        effects = np.round(np.array([e[j] for j in chosen]), _DECIMALS).tolist()
+        values = [_json_value(features[self.columns[j]][0]) for j in chosen]
+        return [{"feature": self.names[j], "value": v, "effect": x}
+                for j, v, x in zip(chosen, values, effects)]
 
     def reasons(self, X: np.ndarray, features: Mapping[str, np.ndarray], rows: np.ndarray
                 ) -> list[list[dict[str, Any]]]:
@@ -180,6 +292,57 @@ class FastScorer:
         counts = valid.sum(axis=1).tolist()
         return [[{"feature": fn[m], "value": vv[m], "effect": ee[m]} for m in range(c)]
                 for fn, ee, vv, c in zip(names, effects, shown.tolist(), counts)]
+
+
+_C_API_PREDICT_NORMAL = 0
+_C_API_PREDICT_CONTRIB = 3
+_C_API_DTYPE_FLOAT64 = 1
+
+
+class _SingleRow:
+    """LightGBM's single-row fast prediction (``...SingleRowFastInit`` once, then one C call
+    per row): the same predictor as ``Booster.predict`` on a one-row matrix, without its
+    per-call set-up. A lock makes it safe to share between threads."""
+
+    def __init__(self, booster: Any, predict_type: int, width: int, n_features: int) -> None:
+        from lightgbm.basic import _LIB, _c_str, _safe_call
+
+        self._lib, self._check = _LIB, _safe_call
+        self._booster = booster  # keeps the model alive as long as the handle
+        self._handle = ctypes.c_void_p()
+        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+            booster._handle, ctypes.c_int(predict_type), ctypes.c_int(0), ctypes.c_int(-1),
+            ctypes.c_int(_C_API_DTYPE_FLOAT64), ctypes.c_int32(n_features),
+            _c_str("num_threads=1"), ctypes.byref(self._handle)))
+        self._width = width
+        self._out_len = ctypes.c_int64()
+        self._lock = threading.Lock()
+
+    def __call__(self, row: np.ndarray) -> np.ndarray:
+        out = np.empty(self._width, dtype=np.float64)
+        with self._lock:
+            self._check(self._lib.LGBM_BoosterPredictForMatSingleRowFast(
+                self._handle, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
+                out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))))
+        return out
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is not None and handle.value:
+            try:
+                self._lib.LGBM_FastConfigFree(handle)
+            except Exception:  # interpreter shutting down
+                pass
+
+
+def _json_value(v: Any) -> Any:
+    """One feature value as :func:`_json_values` shows it."""
+    if isinstance(v, (float, np.floating)):
+        x = float(np.round(np.float64(v), _DECIMALS))
+        return x if math.isfinite(x) else None
+    if isinstance(v, (bool, np.bool_, int, np.integer)):
+        return int(v)
+    return json_safe(v, _DECIMALS)
 
 
 def _json_values(values: np.ndarray | Sequence[Any], rows: np.ndarray) -> list[Any]:

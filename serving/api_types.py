@@ -1,0 +1,330 @@
+"""Request and response types of the HTTP scoring service, built from ``features/schema.py``.
+
+A request is ``{"leads": [{"contact": {...}, "events": [...], "stages": [...]}, ...],
+"as_of": optional, "reasons": "all" | "top" | "none"}``. The contact carries the columns of
+:data:`features.schema.CONTACTS`, events those of :data:`~features.schema.EVENTS` and stage
+changes those of :data:`~features.schema.STAGE_CHANGES` (without ``contact_id``: they belong
+to their lead). Types, vocabularies and limits are enforced by pydantic in one pass over the
+raw JSON (:data:`SCORE_REQUEST`); every error names its field (``leads.0.events.3.ts``).
+
+Request types are ``TypedDict`` s (validated into plain dicts: half the cost of model
+instances for thousands of events); response types are pydantic models, used for the
+OpenAPI document and by clients and tests (the service writes the same JSON directly).
+
+:func:`to_columns` turns a validated request into the column arrays the feature kernels
+take (:func:`features.build.lead_feature_columns`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired, Optional, Required
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from typing_extensions import TypedDict
+
+from features import schema
+from features.build import encode_stage_records
+from features.engagement import EventArrays, encode_event_records
+from features.lifecycle import StageArrays
+
+# -- limits ------------------------------------------------------------------------------
+MAX_LEADS = 1000
+MAX_EVENTS_PER_LEAD = 2000
+MAX_STAGES_PER_LEAD = 200
+MAX_TEXT = 512  # characters of any free-text field
+MAX_ID = 256
+MAX_BODY_BYTES = 32 * 1024 * 1024  # 1,000 leads x 2,000 events would need far more
+#: Timestamps outside this range are rejected (the kernels work in int64 nanoseconds).
+MIN_TS = dt.datetime(1900, 1, 1)
+MAX_TS = dt.datetime(2200, 1, 1)
+
+ReasonsMode = Literal["all", "top", "none"]
+"""Which leads get reasons: every lead, leads in bands A and B (as ``leadscore score
+--reasons top``), or none. Reasons cost one ``pred_contrib`` per lead (see BENCHMARKS.md)."""
+
+#: ISO 8601 / RFC 3339 timestamps: a date, optionally a time (``T`` or a space), optionally a
+#: UTC offset (``Z``, ``+02:00``, ``-0500``); without an offset the time is UTC.
+TS_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?)?$"
+)
+_Timestamp = Annotated[str, Field(pattern=TS_PATTERN, json_schema_extra={"format": "date-time"},
+                                  examples=["2026-03-01T09:30:00Z"])]
+_Text = Annotated[str, Field(max_length=MAX_TEXT)]
+_Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+_Number = Annotated[float, Field(allow_inf_nan=False)]
+
+_KIND_TYPES: dict[str, Any] = {
+    "id": _Id,
+    "str": _Text,
+    "float": _Number,
+    "int": int,
+    "bool": bool,
+    "timestamp": _Timestamp,
+}
+
+
+def _fields(table: schema.TableSchema, *, drop: tuple[str, ...] = (),
+            override: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TypedDict fields of a table: required columns Required, optional ones NotRequired
+    and nullable."""
+    override = override or {}
+    out: dict[str, Any] = {}
+    for name, kind in table.columns.items():
+        if name in drop:
+            continue
+        tp = override.get(name, _KIND_TYPES[kind])
+        out[name] = Required[tp] if name in table.required else NotRequired[Optional[tp]]
+    return out
+
+
+def _typed_dict(name: str, fields: dict[str, Any], doc: str) -> type:
+    td = TypedDict(name, fields)  # type: ignore[operator]
+    td.__doc__ = doc
+    td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+    return td
+
+
+Contact = _typed_dict(
+    "Contact",
+    _fields(schema.CONTACTS) | {
+        "created_at": NotRequired[Optional[_Timestamp]],  # missing: created at as_of
+    },
+    "A contact's fields (features.schema.CONTACTS); only contact_id is required.",
+)
+Event = _typed_dict(
+    "Event",
+    _fields(schema.EVENTS, drop=("contact_id",),
+            override={"event_type": Literal[schema.ENGAGEMENT_TYPES]}),  # type: ignore[valid-type]
+    "One digital footprint of the lead (features.schema.EVENTS, without contact_id).",
+)
+StageChange = _typed_dict(
+    "StageChange",
+    _fields(schema.STAGE_CHANGES, drop=("contact_id",),
+            override={"stage": Literal[schema.STAGES]}),  # type: ignore[valid-type]
+    "One lifecycle stage change of the lead (features.schema.STAGE_CHANGES).",
+)
+Lead = _typed_dict(
+    "Lead",
+    {
+        "contact": Required[Contact],
+        "events": NotRequired[Annotated[list[Event], Field(max_length=MAX_EVENTS_PER_LEAD)]],
+        "stages": NotRequired[Annotated[list[StageChange], Field(max_length=MAX_STAGES_PER_LEAD)]],
+    },
+    "A lead to score: its contact fields, its recent events and optionally its stage changes.",
+)
+ScoreRequest = _typed_dict(
+    "ScoreRequest",
+    {
+        "leads": Required[Annotated[list[Lead], Field(min_length=1, max_length=MAX_LEADS)]],
+        "as_of": NotRequired[Optional[_Timestamp]],
+        "reasons": NotRequired[ReasonsMode],
+    },
+    "1 to 1,000 leads, scored as of `as_of` (default: now, UTC); naive timestamps are UTC.",
+)
+
+#: Validates raw JSON bytes into a :data:`ScoreRequest` dict in one pass.
+SCORE_REQUEST: TypeAdapter = TypeAdapter(ScoreRequest)
+
+
+# -- responses -----------------------------------------------------------------------------
+class Reason(BaseModel):
+    """One factor behind a score: a readable feature name, the lead's value, its effect
+    (log-odds for the model, points for the rules)."""
+
+    feature: str
+    value: str | float | int | None
+    effect: float
+
+
+class LeadScore(BaseModel):
+    """The design brief's outputs for one lead."""
+
+    contact_id: str
+    probability: float = Field(ge=0, le=1)
+    score: int = Field(ge=0, le=100)
+    band: Literal[schema.BANDS]  # type: ignore[valid-type]
+    reasons: list[Reason]
+    scorer: Literal["model", "rules"]
+    model_name: str
+    model_version: str
+    scored_at: str
+
+
+class ScoreResponse(BaseModel):
+    """Scores in request order, and the as-of date they were computed at."""
+
+    scores: list[LeadScore]
+    as_of: str
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """A 4xx answer: what is wrong and which fields (dotted paths into the body)."""
+
+    error: str
+    detail: list[ErrorDetail] = []
+
+
+class ModelInfo(BaseModel):
+    """Which scorer answers: ``GET /model``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scorer: Literal["model", "rules"]
+    name: str
+    version: str
+    band_thresholds: dict[str, Any]
+    trained_at: str | None = None
+    metrics: dict[str, Any] = {}
+    reason: str | None = None
+    loaded_at: str | None = None
+
+
+# -- request -> feature inputs ---------------------------------------------------------------
+class RequestError(ValueError):
+    """Valid JSON of the right shape whose values cannot be used (field paths in ``errors``)."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+@dataclass
+class LeadColumns:
+    """A request as the feature kernels take it."""
+
+    contact_ids: list[str]
+    contacts: dict[str, np.ndarray]  # contact column -> object array (None when missing)
+    created_ns: np.ndarray
+    events: EventArrays
+    stages: StageArrays
+    as_of: dt.datetime  # naive UTC
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_EPOCH_UTC = _EPOCH.replace(tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+_MIN_US = (MIN_TS - _EPOCH) // _US
+_MAX_US = (MAX_TS - _EPOCH) // _US
+_CONTACT_FIELDS = tuple(c for c in schema.CONTACTS.columns if c not in ("contact_id", "created_at"))
+
+
+def _us(d: dt.datetime) -> int:
+    """Microseconds since the epoch, UTC (naive timestamps are UTC)."""
+    return (d - (_EPOCH if d.tzinfo is None else _EPOCH_UTC)) // _US
+
+
+def naive_utc(d: dt.datetime) -> dt.datetime:
+    return d if d.tzinfo is None else d.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _has_offset(value: str) -> bool:
+    return value[-1] == "Z" or "+" in value or "-" in value[10:]
+
+
+def _one_us(value: str) -> int | None:
+    """One validated timestamp string as UTC microseconds; None when it is no real date."""
+    try:
+        if _has_offset(value):
+            return _us(dt.datetime.fromisoformat(value))
+        return int(np.array([value], dtype="datetime64[us]").view(np.int64)[0])
+    except (ValueError, OverflowError):
+        return None
+
+
+def timestamps_us(values: list[str]) -> tuple[np.ndarray, list[int]]:
+    """UTC microseconds of :data:`TS_PATTERN` strings, and the positions of those that are
+    not real dates (30 February, ...). Offset-free strings are parsed by numpy in one call."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), []
+    joined = "|".join(values)
+    if "Z" not in joined and "+" not in joined and joined.count("-") == 2 * n:
+        try:
+            return np.array(values, dtype="datetime64[us]").view(np.int64), []
+        except ValueError:
+            pass
+    parsed = [_one_us(v) for v in values]
+    bad = [i for i, v in enumerate(parsed) if v is None]
+    return np.array([0 if v is None else v for v in parsed], dtype=np.int64), bad
+
+
+def _check(us: np.ndarray, bad: list[int], where) -> None:
+    """RequestError naming the timestamps that are no dates or are out of range."""
+    errors = [{"field": where(i), "type": "timestamp_parsing", "message": "not a valid date"}
+              for i in bad[:10]]
+    out = np.flatnonzero((us < _MIN_US) | (us > _MAX_US))
+    errors += [{"field": where(int(i)), "type": "timestamp_range",
+                "message": f"timestamp outside {MIN_TS.date()}..{MAX_TS.date()}"}
+               for i in out[:10] if int(i) not in bad]
+    if errors:
+        raise RequestError(errors)
+
+
+def to_columns(request: dict[str, Any], *, now: dt.datetime) -> LeadColumns:
+    """Columns of a validated :data:`ScoreRequest` (``now``: the default as-of, naive UTC).
+
+    Raises
+    ------
+    RequestError
+        A timestamp that is no date (30 February) or lies outside :data:`MIN_TS`..:data:`MAX_TS`.
+    """
+    leads = request["leads"]
+    n = len(leads)
+    if request.get("as_of") is not None:
+        us, bad = timestamps_us([request["as_of"]])
+        _check(us, bad, lambda i: "as_of")
+        as_of_us = int(us[0])
+    else:
+        as_of_us = _us(now)
+    contacts = [lead["contact"] for lead in leads]
+    ids = [c["contact_id"] for c in contacts]
+    columns = {f: np.array([c.get(f) for c in contacts], dtype=object) for f in _CONTACT_FIELDS}
+    created = [c.get("created_at") for c in contacts]
+    has_created = [i for i, v in enumerate(created) if v is not None]
+    created_us = np.full(n, as_of_us, dtype=np.int64)
+    if has_created:
+        us, bad = timestamps_us([created[i] for i in has_created])
+        _check(us, bad, lambda k: f"leads.{has_created[k]}.contact.created_at")
+        created_us[has_created] = us
+
+    ev_counts, ev_ts, ev_type, ev_campaign = [], [], [], []
+    st_counts, st_ts, st_stage = [], [], []
+    for lead in leads:
+        evs = lead.get("events") or ()
+        ev_counts.append(len(evs))
+        ev_ts += [e["ts"] for e in evs]
+        ev_type += [e["event_type"] for e in evs]
+        ev_campaign += [e.get("campaign_id") for e in evs]
+        sts = lead.get("stages") or ()
+        st_counts.append(len(sts))
+        st_ts += [s["ts"] for s in sts]
+        st_stage += [s["stage"] for s in sts]
+    ev_us, bad = timestamps_us(ev_ts)
+    _check(ev_us, bad, lambda k: _nested(ev_counts, k, "events"))
+    st_us, bad = timestamps_us(st_ts)
+    _check(st_us, bad, lambda k: _nested(st_counts, k, "stages"))
+    rows = np.arange(n, dtype=np.int64)
+    events = encode_event_records(np.repeat(rows, ev_counts), ev_us * 1000, ev_type,
+                                  ev_campaign if any(c is not None for c in ev_campaign) else None, n)
+    stages = encode_stage_records(np.repeat(rows, st_counts), st_us * 1000, st_stage, n)
+    as_of = _EPOCH + dt.timedelta(microseconds=as_of_us)
+    return LeadColumns(ids, columns, created_us * 1000, events, stages, as_of)
+
+
+def _nested(counts: list[int], k: int, name: str) -> str:
+    """Field path of the k-th flattened event or stage change."""
+    ends = np.cumsum(counts)
+    i = int(np.searchsorted(ends, k, side="right"))
+    j = k - (int(ends[i - 1]) if i else 0)
+    return f"leads.{i}.{name}.{j}.ts"

@@ -1,0 +1,479 @@
+"""The HTTP scoring service: real ``bentoml serve`` processes, a real trained model in a temp
+SQLite MLflow store, a real HTTP client.
+
+The first tests are quick and need no server (access rules, timestamp parsing, the online
+feature path and the fast scorer against the batch path); the others start servers and are
+marked slow (about two minutes together, most of it training and server start-up).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+import warnings
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import hygiene, schema
+from features.build import (
+    Snapshotter,
+    _email_quality,
+    _has_phone,
+    features_for_leads,
+    lead_feature_columns,
+)
+from features.config import FeatureConfig
+from serving import api_types as T
+
+with warnings.catch_warnings():  # BentoML's own imports: pathspec and pydantic deprecations
+    warnings.filterwarnings("ignore", message=".*GitWildMatchPattern.*", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*__get_pydantic_core_schema__.*")
+    from serving.service import authorized, check_bind_allowed, is_loopback, parse_api_keys
+
+EVENT_TYPES = set(schema.ENGAGEMENT_TYPES)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _value(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if isinstance(v, (np.bool_, bool)):
+        return bool(v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def lead_record(base, contact_id: str) -> dict:
+    """A lead of the demo base as the HTTP API takes it: contact fields, events, stages."""
+    c = base.contacts.loc[base.contacts["contact_id"] == contact_id].iloc[0]
+    contact = {k: _value(c[k]) for k in schema.CONTACTS.columns if k in c.index}
+    contact = {k: v for k, v in contact.items() if v is not None}
+    ev = base.events.loc[base.events["contact_id"] == contact_id]
+    events = []
+    for r in ev.to_dict("records"):
+        e = {k: _value(r.get(k)) for k in schema.EVENTS.columns if k != "contact_id"}
+        if e["event_type"] not in EVENT_TYPES:  # the batch counts unknown types as "other"
+            e["event_type"] = schema.OTHER_EVENT
+        events.append({k: v for k, v in e.items() if v is not None})
+    st = base.stages.loc[base.stages["contact_id"] == contact_id]
+    stages = [{"ts": _value(r["ts"]), "stage": r["stage"]} for r in st.to_dict("records")]
+    return {"contact": contact, "events": events, "stages": stages}
+
+
+def sample_ids(base, n: int, seed: int = 3) -> list[str]:
+    """Contacts with events and stage changes whose hygiene columns come from their own
+    fields (not merged from a duplicate), so the raw fields say what the batch saw."""
+    c = base.contacts
+    quality = hygiene.email_quality(c["email"]).to_numpy(dtype=object)
+    ok = (quality == c["email_quality"].to_numpy(dtype=object))
+    busy = set(base.events["contact_id"]) & set(base.stages["contact_id"])
+    ids = [i for i, good in zip(c["contact_id"], ok) if good and i in busy]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist())
+
+
+def body_of(leads: list[dict], **extra) -> dict:
+    return {"leads": leads, **extra}
+
+
+# -- access (no server) --------------------------------------------------------------------------
+def test_bind_needs_keys_off_loopback():
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        check_bind_allowed(host, "")
+    for host in ("0.0.0.0", "10.1.2.3", "::", "example.org"):
+        with pytest.raises(PermissionError, match="LEADSCORE_API_KEYS"):
+            check_bind_allowed(host, " , ")
+        check_bind_allowed(host, "k1")
+    assert is_loopback("127.0.0.1") and not is_loopback("0.0.0.0")
+
+
+def test_bearer_keys_are_compared_exactly():
+    keys = parse_api_keys(" a1 ,b2,, ")
+    assert keys == (b"a1", b"b2")
+    assert authorized("Bearer a1", keys) and authorized("Bearer b2", keys)
+    for header in (None, "", "a1", "Bearer ", "Bearer a", "Bearer a1x", "bearer a1", "Basic a1"):
+        assert not authorized(header, keys)
+
+
+# -- request parsing (no server) ------------------------------------------------------------------
+def test_timestamps_are_utc_whatever_the_offset():
+    us, bad = T.timestamps_us(["2026-03-01T10:00:00Z", "2026-03-01T12:00:00+02:00",
+                               "2026-03-01T05:00:00-0500", "2026-03-01 10:00:00", "2026-03-01T10:00"])
+    assert bad == [] and len(set(us.tolist())) == 1
+    us, bad = T.timestamps_us(["2026-02-30T00:00:00", "2026-03-01", "2026-02-29T00:00:00Z"])
+    assert bad == [0, 2]
+
+
+def test_request_validation_names_fields():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        T.SCORE_REQUEST.validate_json(json.dumps({"leads": [{"contact": {"contact_id": "a"},
+                                                             "events": [{"ts": "2026-01-01",
+                                                                         "event_type": "tweet"}]}]}))
+    assert [".".join(map(str, x["loc"])) for x in e.value.errors()] == ["leads.0.events.0.event_type"]
+
+
+# -- the online feature path and the fast scorer (no server) ---------------------------------------
+def test_online_hygiene_answers_like_the_batch():
+    emails = ["ann@acme-industries.com", " Bob@GMAIL.com ", "x@mailinator.com", "x@", "", "a..b@x.com",
+              '"q"@x.com', "a@localhost", "a@x--y.com", "a@x.c0m", "n/a", "a" * 65 + "@x.com",
+              "züri@bank.ch", None]
+    for e in emails:
+        one = _email_quality(np.array([e], dtype=object), 1)[0]
+        batch = hygiene.email_quality(pd.Series([e], dtype=object))[0]
+        assert one == batch, e
+    cases = [("+49 30 901820", None), ("030 901820", "DE"), ("(650) 253-0000", "us"), ("12", "FR"),
+             ("+44 20 7946 0958", "UK"), ("+1 650-253-0000", "ZZ"), ("abc", None), ("", "DE")]
+    for phone, country in cases:
+        one = _has_phone(np.array([phone], dtype=object), np.array([country], dtype=object), 1,
+                         FeatureConfig())[0]
+        batch = hygiene.phone_valid(pd.Series([phone], dtype=object), pd.Series([country], dtype=object),
+                                    default_region="US")[0]
+        assert bool(one) == bool(batch), (phone, country)
+
+
+@pytest.mark.slow
+def test_online_features_and_fast_scorer_equal_the_batch_path(trained):
+    """Lead records -> columns -> kernels -> FastScorer equals Snapshotter.features_at +
+    LeadModel.score, one lead at a time and all together; unseen categories included."""
+    from training.fastpath import CompiledEncoder, FastScorer
+
+    base, model = trained.base, trained.model
+    ids = sample_ids(base, 40)
+    as_of = base.until
+    batch = Snapshotter(base.contacts, base.events, base.stages).features_at(as_of, eligible_only=False)
+    batch = batch.set_index("contact_id", drop=False).loc[ids].reset_index(drop=True)
+    payload = T.SCORE_REQUEST.validate_json(json.dumps(
+        body_of([lead_record(base, i) for i in ids], as_of=as_of.isoformat())))
+    cols = T.to_columns(payload, now=dt.datetime(2030, 1, 1))
+    online = lead_feature_columns(cols.contacts, cols.created_ns, cols.events, cols.stages,
+                                  as_of=cols.as_of, config=model.feature_config)
+    for f in schema.FEATURES:
+        got, want = np.asarray(online[f]), batch[f].to_numpy()
+        if got.dtype.kind == "f":
+            assert np.array_equal(got, want.astype(float), equal_nan=True), f
+        else:
+            assert [None if pd.isna(x) else x for x in want] == list(got), f
+    records = [dict(lead_record(base, i)["contact"]) for i in ids]
+    evs = [dict(e, contact_id=i) for i in ids for e in lead_record(base, i)["events"]]
+    sts = [dict(s, contact_id=i) for i in ids for s in lead_record(base, i)["stages"]]
+    old = features_for_leads(records, evs, sts, as_of=as_of)
+    pd.testing.assert_frame_equal(old.drop(columns=["as_of"]), batch.drop(columns=["as_of"]),
+                                  check_dtype=False)
+
+    fast = FastScorer(model)
+    assert np.array_equal(fast.encoder.matrix(online, len(ids)), model.matrix(batch), equal_nan=True)
+    want = model.score(batch, scored_at=pd.Timestamp("2030-01-01"), reasons=True)
+    many = fast.score_columns(online, ids, scored_at="t", reasons=True)
+    ones = [fast.score_columns({k: np.asarray(v)[k2:k2 + 1] for k, v in online.items()}, [i],
+                               scored_at="t", reasons=True)[0] for k2, i in enumerate(ids)]
+    for got in (many, ones):
+        assert [g["probability"] for g in got] == want["probability"].tolist()
+        assert [g["score"] for g in got] == want["score"].tolist()
+        assert [g["band"] for g in got] == want["band"].tolist()
+        assert [g["reasons"] for g in got] == list(want["reasons"])
+    top = model.score(batch, scored_at=pd.Timestamp("2030-01-01"),
+                      reasons=want["band"].isin(["A", "B"]).to_numpy())
+    assert [g["reasons"] for g in fast.score_columns(online, ids, scored_at="t", reasons="top")] \
+        == list(top["reasons"])
+
+    # categories never seen in training, and missing ones, code exactly as the pipeline does
+    odd = batch.head(3).copy()
+    odd.loc[0, "industry"] = "Asteroid mining"
+    odd.loc[1, "country"] = None
+    odd.loc[2, "lead_source"] = "carrier_pigeon"
+    odd.loc[2, "stage"] = "mql"
+    columns = {c: odd[c].astype(object).where(odd[c].notna(), None).to_numpy(dtype=object)
+               if c in schema.CATEGORICAL_FEATURES else odd[c].to_numpy(dtype=float)
+               for c in schema.FEATURES}
+    encoder = CompiledEncoder.from_model(model)
+    assert np.array_equal(encoder.matrix(columns, 3), model.matrix(odd), equal_nan=True)
+    assert np.array_equal(encoder.row({k: v[:1] for k, v in columns.items()}), model.matrix(odd)[0], equal_nan=True)
+
+
+@pytest.mark.slow
+def test_a_failing_prediction_is_answered_by_the_rules(trained, store, monkeypatch):
+    """Fault injection: the model's fast path raises -> 200 with scorer "rules", logged by kind."""
+    from serving.service import LeadScoringService, ScorerState
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    state = ScorerState(trained.model, None, "now")
+    from serving.service import _rules_of
+
+    state.rules = _rules_of(trained.model, None)
+
+    def boom(*args, **kwargs):
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(state.fast, "score_columns", boom)
+    ids = sample_ids(trained.base, 3)
+    payload = T.SCORE_REQUEST.validate_json(json.dumps(body_of([lead_record(trained.base, i) for i in ids])))
+    out = json.loads(svc.score_payload(payload, state))
+    assert [s["contact_id"] for s in out["scores"]] == ids
+    assert {s["scorer"] for s in out["scores"]} == {"rules"}
+    assert all(0 <= s["probability"] <= 1 and s["band"] in schema.BANDS for s in out["scores"])
+    assert svc._ready.wait(120)  # let its start-up load finish before other tests use MLflow
+
+
+# -- the real server --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_health_readiness_and_model(server):
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    with server.client() as c:
+        info = c.get("/model").json()
+    assert info["scorer"] == "model" and info["name"] == "lead-scoring" and info["version"] == "1"
+    assert set(info["band_thresholds"]) == {"A", "B", "C"} and info["trained_at"]
+
+
+@pytest.mark.slow
+def test_scores_in_request_order_and_same_as_batch(server, trained, store):
+    """A sample of demo leads scores identically over HTTP and through the batch path."""
+    from training.registry import load_scorer
+    from training.tracking import configure_tracking
+
+    base = trained.base
+    ids = sample_ids(base, 25, seed=5)
+    leads = [lead_record(base, i) for i in ids]
+    with server.client() as c:
+        r = c.post("/score", json=body_of(leads, as_of=base.until.isoformat()))
+        singles = [c.post("/score", json=body_of([lead], as_of=base.until.isoformat())).json()["scores"][0]
+                   for lead in leads[:5]]
+    assert r.status_code == 200, r.text
+    scores = r.json()["scores"]
+    assert [s["contact_id"] for s in scores] == ids
+    assert list(scores[0]) == list(schema.OUTPUT_COLUMNS)
+
+    configure_tracking(store)  # the store the server reads
+    scorer = load_scorer(num_threads=1)
+    assert scorer.scorer == "model"
+    feats = Snapshotter(base.contacts, base.events, base.stages).features_at(base.until, eligible_only=False)
+    feats = feats.set_index("contact_id", drop=False).loc[ids].reset_index(drop=True)
+    want = scorer.score(feats, scored_at=pd.Timestamp.now(), reasons=True)
+    assert [s["probability"] for s in scores] == want["probability"].tolist()
+    assert [s["score"] for s in scores] == want["score"].tolist()
+    assert [s["band"] for s in scores] == want["band"].tolist()
+    assert [s["reasons"] for s in scores] == [json.loads(json.dumps(x)) for x in want["reasons"]]
+    assert {s["scorer"] for s in scores} == {"model"} and {s["model_version"] for s in scores} == {"1"}
+    assert singles == [dict(s, scored_at=one["scored_at"]) for s, one in zip(scores[:5], singles)]
+
+
+@pytest.mark.slow
+def test_reasons_modes_and_big_requests(server, trained):
+    base = trained.base
+    ids = sample_ids(base, 120, seed=9)  # > 20 leads: scored off the event loop
+    leads = [lead_record(base, i) for i in ids]
+    with server.client() as c:
+        none = c.post("/score", json=body_of(leads, reasons="none")).json()["scores"]
+        top = c.post("/score", json=body_of(leads, reasons="top")).json()["scores"]
+        bare = c.post("/score", json={"leads": [{"contact": {"contact_id": "new-lead"}}]}).json()
+    assert [s["contact_id"] for s in none] == ids and all(s["reasons"] == [] for s in none)
+    assert all(bool(s["reasons"]) == (s["band"] in ("A", "B")) for s in top)
+    assert [s["probability"] for s in top] == [s["probability"] for s in none]
+    assert bare["scores"][0]["scorer"] == "model" and bare["scores"][0]["reasons"]
+
+
+@pytest.mark.slow
+def test_offsets_and_naive_timestamps_are_the_same_instant(server, trained):
+    lead = lead_record(trained.base, sample_ids(trained.base, 1, seed=1)[0])
+    shifted = json.loads(json.dumps(lead))
+    for e in shifted["events"]:
+        t = dt.datetime.fromisoformat(e["ts"]) + dt.timedelta(hours=2)
+        e["ts"] = t.isoformat() + "+02:00"
+    as_of = trained.base.until.isoformat()
+    with server.client() as c:
+        a = c.post("/score", json=body_of([lead], as_of=as_of)).json()["scores"][0]
+        b = c.post("/score", json=body_of([shifted], as_of=as_of + "Z")).json()["scores"][0]
+    assert (a["probability"], a["reasons"]) == (b["probability"], b["reasons"])
+
+
+@pytest.mark.slow
+def test_api_keys(server, kit):
+    body = body_of([{"contact": {"contact_id": "x"}}])
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": kit.api_key}):
+        r = httpx.post(f"{server.url}/score", json=body, headers=headers)
+        assert r.status_code == 401 and r.json()["detail"][0]["field"] == "authorization"
+        assert httpx.get(f"{server.url}/model", headers=headers).status_code == 401
+    for key in ("test-key-1", "test-key-2"):
+        assert httpx.post(f"{server.url}/score", json=body,
+                          headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def _many(n: int) -> list[dict]:
+    return [{"contact": {"contact_id": f"c{i}"}} for i in range(n)]
+
+
+BAD_INPUTS = {
+    "wrong type": (body_of([{"contact": {"contact_id": "a", "employees": "many"}}]),
+                   "leads.0.contact.employees"),
+    "missing contact_id": (body_of([{"contact": {"email": "a@b.com"}}]), "leads.0.contact.contact_id"),
+    "empty contact_id": (body_of([{"contact": {"contact_id": ""}}]), "leads.0.contact.contact_id"),
+    "unknown event type": (body_of([{"contact": {"contact_id": "a"},
+                                     "events": [{"ts": "2026-01-01T00:00:00Z", "event_type": "tweet"}]}]),
+                           "leads.0.events.0.event_type"),
+    "unparseable ts": (body_of([{"contact": {"contact_id": "a"},
+                                 "events": [{"ts": "yesterday", "event_type": "chat"}]}]),
+                       "leads.0.events.0.ts"),
+    "no such date": (body_of([{"contact": {"contact_id": "a"},
+                               "events": [{"ts": "2026-01-01", "event_type": "chat"},
+                                          {"ts": "2026-02-30T10:00:00", "event_type": "chat"}]}]),
+                     "leads.0.events.1.ts"),
+    "ts out of range": (body_of([{"contact": {"contact_id": "a"},
+                                  "stages": [{"ts": "2999-01-01", "stage": "mql"}]}]),
+                        "leads.0.stages.0.ts"),
+    "unknown stage": (body_of([{"contact": {"contact_id": "a"},
+                                "stages": [{"ts": "2026-01-01", "stage": "hot"}]}]),
+                      "leads.0.stages.0.stage"),
+    "bad as_of": (body_of([{"contact": {"contact_id": "a"}}], as_of="soon"), "as_of"),
+    "unknown field": (body_of([{"contact": {"contact_id": "a", "first_name": "Ann"}}]),
+                      "leads.0.contact.first_name"),
+    "no leads": (body_of([]), "leads"),
+    "too many leads": (body_of(_many(1001)), "leads"),
+    "too many events": (body_of([{"contact": {"contact_id": "a"},
+                                  "events": [{"ts": "2026-01-01", "event_type": "chat"}] * 2001}]),
+                        "leads.0.events"),
+    "not an object": ([1, 2, 3], "body"),
+    "bad reasons mode": (body_of([{"contact": {"contact_id": "a"}}], reasons="some"), "reasons"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_4xx_naming_the_field(server, case):
+    body, field = BAD_INPUTS[case]
+    with server.client() as c:
+        r = c.post("/score", json=body)
+    assert r.status_code == 422, r.text
+    assert field in [d["field"] for d in r.json()["detail"]]
+
+
+@pytest.mark.slow
+def test_bodies_that_are_not_json_or_too_large(server, kit):
+    with server.client() as c:
+        for content in (b"{not json", b"", "ünïcode".encode("latin-1"), b"\x00\x01"):
+            r = c.post("/score", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400 and r.json()["detail"][0]["field"] == "body", content
+        big = b'{"leads": [' + b" " * (kit.max_body + 10) + b"]}"
+        r = c.post("/score", content=big)
+        assert r.status_code == 413 and r.json()["detail"][0]["field"] == "body"
+
+        def chunks():  # no Content-Length: the limit holds while streaming
+            for _ in range(40):
+                yield b" " * 50_000
+
+        assert c.post("/score", content=chunks()).status_code == 413
+        assert c.get("/healthz").status_code == 200  # the worker survived all of it
+
+
+@pytest.mark.slow
+def test_no_personal_data_in_logs(server):
+    lead = {"contact": {"contact_id": "pii-probe", "email": "very.private@acme-industries.com",
+                        "phone": "+49 30 901820", "company_name": "Secret GmbH"}}
+    with server.client() as c:
+        assert c.post("/score", json=body_of([lead])).status_code == 200
+        assert c.post("/score", json=body_of([dict(lead, contact=dict(lead["contact"],
+                                                                      employees="x"))])).status_code == 422
+        r = c.post("/score", json=body_of([dict(lead, contact=dict(lead["contact"], employees="x"))]))
+    assert "very.private" not in r.text and "Secret" not in r.text
+    time.sleep(0.5)
+    log = server.log_text()
+    for secret in ("very.private", "901820", "Secret GmbH", "pii-probe"):
+        assert secret not in log
+
+
+@pytest.mark.slow
+def test_openapi_property_based_no_5xx(server):
+    """Schemathesis against the service's OpenAPI document: valid and invalid requests,
+    bounded examples, never a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.generation import GenerationMode
+
+    schema_ = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    runs = (("/score", "POST", GenerationMode.POSITIVE, 50),
+            ("/score", "POST", GenerationMode.NEGATIVE, 50),
+            ("/model", "GET", GenerationMode.POSITIVE, 3))
+    seen: dict[int, int] = {}
+    for path, method, mode, examples in runs:
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=schema_[path][method].as_strategy(generation_mode=mode))
+        def check(case):
+            response = case.call(base_url=server.url, headers=server.headers, timeout=60)
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (mode, response.status_code, response.text[:300])
+
+        check()
+    assert seen.get(200) and any(400 <= s < 500 for s in seen), seen  # both kinds were exercised
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+@pytest.mark.slow
+def test_empty_registry_then_a_new_champion_without_restart(trained, servers, empty_store, kit):
+    """No registered model: the rules answer; a champion registered later is picked up by
+    the alias poll without restart, /reload answers the current champion, and a newer
+    champion that does not load leaves the model answering."""
+    srv = servers["empty"]
+    kit.wait_ready(srv)
+    with srv.client() as c:
+        info = c.get("/model").json()
+        assert info["scorer"] == "rules" and "model unavailable" in info["reason"]
+        r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))
+        assert r.status_code == 200 and r.json()["scores"][0]["scorer"] == "rules"
+        version = kit.register(empty_store, trained.model)
+        deadline = time.monotonic() + 60
+        while c.get("/model").json()["scorer"] != "model" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.get("/model").json()["version"] == version
+        r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))
+        assert r.json()["scores"][0]["scorer"] == "model"
+        assert c.post("/reload").json()["version"] == version
+        # a newer champion whose artifact is broken does not take the model down
+        broken = kit.register(empty_store, trained.model, corrupt=True)
+        deadline = time.monotonic() + 60
+        while "champion_not_loaded" not in c.get("/model").json() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        info = c.get("/model").json()
+        assert info["version"] == version and info["champion_not_loaded"] == broken
+        assert c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}])).json()["scores"][0]["scorer"] == "model"
+    assert "falling back to the rule scorer" in srv.log_text()
+
+
+@pytest.mark.slow
+def test_corrupt_artifact_falls_back_to_rules(trained, servers):
+    srv = servers["corrupt"]
+    with srv.client() as c:
+        for _ in range(600):
+            if httpx.get(f"{srv.url}/readyz").status_code == 200:
+                break
+            time.sleep(0.2)
+        info = c.get("/model").json()
+        r = c.post("/score", json=body_of([lead_record(trained.base, sample_ids(trained.base, 1)[0])]))
+    assert info["scorer"] == "rules" and "model unavailable" in info["reason"]
+    assert r.status_code == 200 and r.json()["scores"][0]["scorer"] == "rules"
+    assert r.json()["scores"][0]["reasons"]
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_public_address_without_keys(empty_store):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LEADSCORE_API_KEYS", "MLFLOW_TRACKING_URI")}
+    leadscore = str(Path(sys.executable).with_name("leadscore"))
+    r = subprocess.run([leadscore, "serve", "--host", "0.0.0.0", "--port", "9", "--workdir",
+                        str(empty_store)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "LEADSCORE_API_KEYS" in r.stdout + r.stderr
