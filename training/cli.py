@@ -116,8 +116,9 @@ def _input_example(base, n: int = 3) -> pd.DataFrame:
 def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
     table: Annotated[Optional[Path], typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")] = None,
-    dataset_config: Annotated[Optional[Path], typer.Option("--dataset-config", help="Dataset YAML for --table.")] = None,
-    config: ConfigOpt = None,
+    dataset_config: Annotated[Optional[Path], typer.Option("--dataset-config", help="Dataset YAML for --table (or give it as --config).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with `features:` and `training:` sections; with --table: the dataset config (target, id, exclusions; may hold `training:`).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="With --table and no dataset config: the outcome column.")] = None,
     until: UntilOpt = None,
     tune: Annotated[int, typer.Option("--tune", min=0, help="Optuna trials inside the training window (0: off).")] = 0,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
@@ -133,7 +134,7 @@ def train(
     if table is not None:
         from training.crm import train_table_command
 
-        train_table_command(table, dataset_config, config, tune, workdir)
+        train_table_command(table, dataset_config, config, tune, workdir, target=target)
         return
     fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
     uri = configure_tracking(workdir)
@@ -159,6 +160,22 @@ def train(
     verdict = "[green]champion[/]" if summary["promoted"] else "[yellow]challenger[/]"
     console.print(f"registered lead-scoring version {summary['version']} as {verdict}: {summary['reason']}")
     console.print(f"run {summary['run_id']} in {uri}")
+
+
+@app.command("infer-config")
+def infer_config(
+    table: Annotated[Path, typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the dataset config YAML.")],
+    target: Annotated[Optional[str], typer.Option("--target", help="The outcome column (default: guessed).")] = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", help="Target value meaning converted.")] = None,
+) -> None:
+    """Infer a dataset config for a CRM export (kinds, ids, placeholders, probable leaks), for review."""
+    from training.crm import DatasetConfigError, infer_config_command
+
+    try:
+        infer_config_command(table, out, target=target, positive=positive)
+    except (DatasetConfigError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
 
 
 @app.command()

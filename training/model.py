@@ -91,6 +91,24 @@ class LeadModel:
     num_threads: int = 0
     top_k: int = 3
     scorer: str = "model"
+    #: The dataset config of a model trained on a CRM table (``training.crm.DatasetConfig`` as
+    #: JSON), ``None`` for the event-based model. Scoring raw table rows applies its cleaning.
+    dataset: dict[str, Any] | None = None
+
+    @property
+    def input_kind(self) -> str:
+        """``"table"`` (one row per lead, see :func:`training.crm.score_table`) or ``"events"``."""
+        return "table" if self.dataset else "events"
+
+    @property
+    def reason_names(self) -> dict[str, str] | None:
+        """Names shown in reasons: a CRM table's own column names; ``None``: the readable
+        names of the event features (``training.scoring.readable``)."""
+        if not self.dataset:
+            return None
+        from training.crm import table_column
+
+        return {c: table_column(c) for c in self.columns}
 
     @property
     def columns(self) -> list[str]:
@@ -119,7 +137,7 @@ class LeadModel:
 
         def explain(rows: np.ndarray) -> list:
             return format_reasons(self.contributions(X[rows]), features.iloc[rows].reset_index(drop=True),
-                                  self.columns, top_k=self.top_k)
+                                  self.columns, top_k=self.top_k, names=self.reason_names)
 
         return outputs_frame(
             features["contact_id"], p, self.scale, _reasons_for(reasons, len(features), explain),
@@ -138,6 +156,9 @@ class LeadModel:
             "band_thresholds": self.scale.band_thresholds,
             "band_probability_cutoffs": self.scale.band_probability_cutoffs(),
             "features": len(self.columns),
+            "input": self.input_kind,
+            **({"dataset": self.dataset.get("name"), "id_column": self.dataset.get("id_column"),
+                "columns": list((self.reason_names or {}).values())} if self.dataset else {}),
         }
 
     # -- persistence -----------------------------------------------------------
@@ -157,6 +178,7 @@ class LeadModel:
             "metadata": self.metadata,
             "model_name": self.model_name,
             "top_k": self.top_k,
+            "dataset": self.dataset,
         }
         (path / _FILES["meta"]).write_text(json.dumps(meta, indent=1, default=str))
         return path
@@ -175,12 +197,22 @@ class LeadModel:
             booster=booster,
             calibrator=Calibrator.from_dict(meta["calibrator"]),
             scale=ScoreScale.from_dict(meta["scale"]),
-            rules=RuleScorer.from_dict(meta["rules"]),
+            rules=rules_from_dict(meta["rules"]),
             metadata=meta["metadata"],
             model_name=meta.get("model_name", "lead-scoring"),
             num_threads=num_threads,
             top_k=meta.get("top_k", 3),
+            dataset=meta.get("dataset"),
         )
+
+
+def rules_from_dict(d: dict[str, Any]) -> Any:
+    """A rule scorer from its ``to_dict()``: the event rules, or a CRM table's scorecard."""
+    if d.get("kind") == "table_rules":
+        from training.crm import TableRuleScorer  # the table path imports this module
+
+        return TableRuleScorer.from_dict(d)
+    return RuleScorer.from_dict(d)
 
 
 @dataclass
@@ -197,6 +229,10 @@ class RulesOnly:
     @property
     def model_version(self) -> str:
         return self.rules.version
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """The rule scorer's calibrated probability."""
+        return self.rules.predict_proba(features)
 
     def score(self, features: pd.DataFrame, *, scored_at: pd.Timestamp,
               reasons: bool | np.ndarray = True) -> pd.DataFrame:

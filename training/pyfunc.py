@@ -4,6 +4,10 @@
 per contact with the contact columns, an ``events`` column (a JSON list of events, or a
 list of dicts), optionally ``stages`` (same form) and ``as_of``, and answers the design
 brief's outputs with ``reasons`` as a JSON string.
+
+A model trained on a CRM export (``leadscore train --table``) takes raw rows of that table
+instead (its id column and feature columns, as exported) and cleans them with the dataset
+config it was trained with (:func:`training.crm.score_table`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,27 @@ _MLFLOW_TYPE = {"id": "string", "str": "string", "float": "double", "int": "long
                 "bool": "boolean", "timestamp": "string"}
 
 
-def signature() -> ModelSignature:
+def signature(model: Any = None) -> ModelSignature:
     """Input: the contact columns of the schema (only ``contact_id`` required), ``events`` and
-    ``stages`` as JSON strings, ``as_of``. Output: the design brief's columns."""
-    inputs = [ColSpec(_MLFLOW_TYPE[kind], name, required=name == "contact_id")
-              for name, kind in CONTACTS.columns.items()]
-    inputs += [ColSpec("string", c, required=False) for c in ("events", "stages", "as_of")]
+    ``stages`` as JSON strings, ``as_of``. Output: the design brief's columns.
+
+    For a model trained on a CRM table (``model.dataset`` set): the table's id column
+    (required) and its feature columns (optional), of any type: rows arrive as exported
+    (numbers as text, decimal commas, placeholders) and the stored dataset config types them.
+    """
+    dataset = getattr(model, "dataset", None)
+    if dataset:
+        from mlflow.types.schema import AnyType
+
+        from training.crm import table_column
+
+        inputs = ([ColSpec(AnyType(), dataset["id_column"], required=True)]
+                  if dataset.get("id_column") else [])
+        inputs += [ColSpec(AnyType(), table_column(c), required=False) for c in model.columns]
+    else:
+        inputs = [ColSpec(_MLFLOW_TYPE[kind], name, required=name == "contact_id")
+                  for name, kind in CONTACTS.columns.items()]
+        inputs += [ColSpec("string", c, required=False) for c in ("events", "stages", "as_of")]
     outputs = [ColSpec(t, n) for n, t in (
         ("contact_id", "string"), ("probability", "double"), ("score", "long"), ("band", "string"),
         ("reasons", "string"), ("scorer", "string"), ("model_name", "string"),
@@ -68,6 +87,13 @@ class LeadScoringPyfunc(mlflow.pyfunc.PythonModel):
         self.model = LeadModel.load(context.artifacts[ARTIFACT], num_threads=1)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        if getattr(self.model, "dataset", None):  # a CRM-table model: raw table rows in
+            from training.crm import score_table
+
+            out = score_table(self.model, model_input)
+            out["reasons"] = [json.dumps(r) for r in out["reasons"]]
+            out["scored_at"] = out["scored_at"].astype(str)
+            return out
         as_of = pd.Timestamp(model_input["as_of"].iloc[0]) if "as_of" in model_input and len(model_input) \
             else pd.Timestamp.now(tz="UTC").tz_localize(None)
         contacts, events, stages = raw_frame_to_leads(model_input)

@@ -29,14 +29,20 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "lead-scoring"
 
 
+_EMBEDDED_URIS: set[str] = set()  # the embedded stores configure_tracking chose
+
+
 def configure_tracking(workdir: Path | str = ".") -> str:
     """Use ``MLFLOW_TRACKING_URI`` or the embedded SQLite store in ``workdir``; returns the URI."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: a URI we set earlier in this
+    # process is not the user's choice, so another workdir gets its own store
+    if not uri or uri in _EMBEDDED_URIS:
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
+        _EMBEDDED_URIS.add(uri)
         mlflow.set_tracking_uri(uri)
         artifacts = (workdir / "mlartifacts").as_uri()
         if mlflow.get_experiment_by_name(EXPERIMENT) is None:
@@ -76,6 +82,15 @@ def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL) -> Any 
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+
+
+def _requirements() -> list[str]:
+    """Pinned versions of what the logged model imports (leadscore itself must be installed)."""
+    from importlib.metadata import version
+
+    pkgs = ("mlflow", "lightgbm", "scikit-learn", "feature-engine", "pandas", "numpy", "pyarrow",
+            "email-validator", "phonenumbers", "pyyaml", "pydantic", "scipy")
+    return [f"{p}=={version(p)}" for p in pkgs]
 
 
 def _plots(result: TrainResult, out: Path) -> list[Path]:
@@ -187,6 +202,7 @@ def log_training(
                 artifacts={ARTIFACT: str(model_dir)},
                 signature=signature(result.model),
                 input_example=input_example,
+                pip_requirements=_requirements(),  # explicit: skips a slow inference subprocess
                 registered_model_name=registered_name,
             )
         version = str(info.registered_model_version)

@@ -7,13 +7,15 @@ nothing; ``training.tracking`` logs it to MLflow and applies the promotion gate.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from features import schema
@@ -65,6 +67,58 @@ def _lgb_params(config: TrainConfig, overrides: dict[str, Any] | None = None) ->
     }
 
 
+_JSON_SPECIAL = str.maketrans({c: "_" for c in '[]{}",:'})
+
+
+def lightgbm_names(names: list[str]) -> list[str]:
+    """Feature names LightGBM accepts (no JSON special characters, unique), same order.
+
+    Column names of a CRM export can hold ``:``, ``,`` or brackets; LightGBM refuses them.
+    The model keeps the original names; only the booster sees these.
+    """
+    out: list[str] = []
+    for n in names:
+        safe = str(n).translate(_JSON_SPECIAL) or "_"
+        while safe in out:
+            safe += "_"
+        out.append(safe)
+    return out
+
+
+def merge_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
+    """One booster whose raw score is the mean raw score (log-odds) of ``boosters``.
+
+    The trees of every booster are concatenated with their leaf and internal values divided
+    by the number of boosters; LightGBM's tree SHAP (``pred_contrib``) is linear in the trees,
+    so contributions are the mean contributions too. All boosters must share objective and
+    features (cross-fitting folds of one training set).
+    """
+    if len(boosters) == 1:
+        return boosters[0]
+    k = len(boosters)
+    texts = [b.model_to_string() for b in boosters]
+    head, _, _ = texts[0].partition("\nTree=0\n")
+    head = "\n".join(line for line in head.split("\n") if not line.startswith("tree_sizes="))
+    tail = texts[0].split("end of trees", 1)[1]
+    trees: list[list[str]] = []
+    for text in texts:
+        body = text.partition("\nTree=0\n")[2].split("end of trees", 1)[0]
+        for block in ("Tree=0\n" + body).strip().split("\n\n\n"):
+            lines = []
+            for line in block.strip().split("\n"):
+                key, _, value = line.partition("=")
+                if key in ("leaf_value", "internal_value"):
+                    value = " ".join(repr(float(v) / k) for v in value.split())
+                lines.append(f"{key}={value}")
+            trees.append(lines)
+    out = [head.rstrip("\n"), ""]
+    for i, lines in enumerate(trees):
+        out += [f"Tree={i}", *lines[1:], "", ""]
+    out.append("end of trees" + tail)
+    merged = lgb.Booster(model_str="\n".join(out))
+    return lgb.Booster(model_str=merged.model_to_string())  # canonical text (tree_sizes back)
+
+
 def fit_booster(
     X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray,
     *, categorical_idx: list[int], feature_names: list[str], config: TrainConfig,
@@ -72,7 +126,7 @@ def fit_booster(
 ) -> lgb.Booster:
     """LightGBM with native categorical features and early stopping on the validation set."""
     params = _lgb_params(config, overrides)
-    dtrain = lgb.Dataset(X_train, y_train, feature_name=feature_names,
+    dtrain = lgb.Dataset(X_train, y_train, feature_name=lightgbm_names(feature_names),
                          categorical_feature=categorical_idx, free_raw_data=True)
     dval = lgb.Dataset(X_val, y_val, reference=dtrain)
     return lgb.train(
@@ -113,17 +167,59 @@ def tune(
     return dict(study.best_params)
 
 
+BaselineNumeric = Literal["log1p", "quantile_bins"]
+
+
+def binned_linear_preprocessor(categorical: list[str], numeric: list[str], *, bins: int = 10,
+                               rare_tol: float = 0.01) -> Pipeline:
+    """One-hot categories and one-hot quantile bins of numbers (plus missing flags): the
+    preparation of a scorecard-style logistic regression, which lets a linear model follow
+    the non-monotone effects common in a CRM export's aggregates (time on site, visits)."""
+    from feature_engine.encoding import RareLabelEncoder
+    from feature_engine.imputation import CategoricalImputer
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import KBinsDiscretizer, OneHotEncoder
+
+    from features.transformers import MISSING, RARE, ColumnSelector
+
+    steps: list[tuple[str, Any]] = [("select", ColumnSelector(categorical, numeric))]
+    encoders: list[tuple[str, Any, list[str]]] = []
+    if categorical:
+        steps += [
+            ("impute_cat", CategoricalImputer(fill_value=MISSING, variables=list(categorical),
+                                              ignore_format=True)),
+            ("rare", RareLabelEncoder(tol=rare_tol, n_categories=1, variables=list(categorical),
+                                      replace_with=RARE, ignore_format=True)),
+        ]
+        encoders.append(("cat", OneHotEncoder(handle_unknown="ignore"), list(categorical)))
+    if numeric:
+        encoders.append(("num", Pipeline([
+            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+            ("bins", KBinsDiscretizer(n_bins=bins, encode="onehot", strategy="quantile",
+                                      quantile_method="averaged_inverted_cdf")),
+        ]), list(numeric)))
+    steps.append(("encode", ColumnTransformer(encoders)))
+    return Pipeline(steps)
+
+
 def fit_baseline(frame: pd.DataFrame, y: np.ndarray, categorical: list[str], numeric: list[str],
-                 *, config: TrainConfig) -> Pipeline:
-    """Logistic regression on one-hot categories and scaled log numbers (the simple baseline)."""
+                 *, config: TrainConfig, numeric_encoding: BaselineNumeric = "log1p") -> Pipeline:
+    """Logistic regression on one-hot categories and scaled log numbers (the simple baseline);
+    with ``numeric_encoding="quantile_bins"`` on one-hot quantile bins of the numbers instead
+    (:func:`binned_linear_preprocessor`)."""
     if len(frame) > config.max_baseline_rows:
         keep = np.random.default_rng(config.seed).choice(len(frame), config.max_baseline_rows, replace=False)
         frame, y = frame.iloc[np.sort(keep)], y[np.sort(keep)]
+    prep = (binned_linear_preprocessor(categorical, numeric) if numeric_encoding == "quantile_bins"
+            else linear_preprocessor(categorical, numeric))
     model = Pipeline([
-        ("prep", linear_preprocessor(categorical, numeric)),
+        ("prep", prep),
         ("lr", LogisticRegression(C=0.5, max_iter=2000, random_state=config.seed)),
     ])
-    return model.fit(frame, y)
+    with warnings.catch_warnings():  # constant or few-valued columns: bins merged, as intended
+        warnings.filterwarnings("ignore", message=".*(Bins whose width|number of unique categories).*")
+        return model.fit(frame, y)
 
 
 def train(
@@ -138,6 +234,9 @@ def train(
     rules: RuleScorer | None = None,
     truth: pd.DataFrame | None = None,
     tune_trials: int = 0,
+    split: Split | None = None,
+    cross_fit: int = 0,
+    baseline_numeric: BaselineNumeric = "log1p",
 ) -> TrainResult:
     """Train, calibrate and evaluate on a training set (one row per contact and as-of date).
 
@@ -151,6 +250,18 @@ def train(
         Column to split by time; ``None`` for a stratified random split.
     truth
         Optional ``contact_id, as_of, p_convert_90d`` (the generator's oracle) for evaluation.
+    split
+        A ready split (e.g. a CRM table's split by its own time column); default: from
+        ``time_column`` as above.
+    cross_fit
+        With ``k > 1``: the training and validation windows are pooled and split into ``k``
+        stratified folds; each fold's booster is early-stopped on its held-out fold, the
+        out-of-fold predictions choose and fit the calibration, and the model is the mean of
+        the ``k`` boosters (:func:`merge_boosters`). Uses every labelled row outside the test
+        window for fitting, which matters for small tables. Rules and baseline are fitted on
+        the same pooled rows. Meant for random splits.
+    baseline_numeric
+        How the logistic baseline sees numbers (:func:`fit_baseline`).
     """
     config = config or TrainConfig()
     feature_config = feature_config or FeatureConfig()
@@ -158,47 +269,77 @@ def train(
     numeric = list(schema.NUMERIC_FEATURES if numeric is None else numeric)
     data = data.reset_index(drop=True)
     y = data[label].to_numpy(dtype="int64")
-    split = (time_split(data[time_column], config.split, horizon_days=feature_config.horizon_days)
-             if time_column else random_split(data[label], config.split, seed=config.seed))
+    if split is None:
+        split = (time_split(data[time_column], config.split, horizon_days=feature_config.horizon_days)
+                 if time_column else random_split(data[label], config.split, seed=config.seed))
+    folds = int(cross_fit) if cross_fit and cross_fit > 1 else 0
+    fit_rows = (split.train | split.validation) if folds else split.train
 
-    n_pos = int(y[split.train].sum())
+    n_pos = int(y[fit_rows].sum())
     if n_pos < config.gate.min_train_positives:
         raise NotEnoughData(f"{n_pos} converters in the training window, fewer than "
                             f"gate.min_train_positives={config.gate.min_train_positives}")
-    if y[split.validation].sum() < 10 or y[split.test].sum() < 10:
+    if (not folds and y[split.validation].sum() < 10) or y[split.test].sum() < 10:
         raise NotEnoughData("fewer than 10 converters in the validation or test window")
+    if folds and min(n_pos, int(fit_rows.sum()) - n_pos) < folds:
+        raise NotEnoughData(f"too few rows of one class for {folds}-fold cross-fitting")
 
-    aucs = single_feature_auc(data.loc[split.train], y[split.train], categorical + numeric, seed=config.seed)
+    aucs = single_feature_auc(data.loc[fit_rows], y[fit_rows], categorical + numeric, seed=config.seed)
     excluded = probable_leaks(aucs, config.leak_auc_threshold)
     for col, why in excluded.items():
         log.warning("excluded feature %s: %s", col, why)
     categorical = [c for c in categorical if c not in excluded]
     numeric = [c for c in numeric if c not in excluded]
 
-    prep = lightgbm_preprocessor(categorical, numeric).fit(data.loc[split.train])
+    prep = lightgbm_preprocessor(categorical, numeric).fit(data.loc[fit_rows])
     X = prep.transform(data).to_numpy(dtype="float64")
     names = [*categorical, *numeric]
     cat_idx = list(range(len(categorical)))
 
     overrides: dict[str, Any] = {}
     if tune_trials:
-        groups = (pd.to_datetime(data.loc[split.train, time_column]).to_numpy().astype("int64")
-                  if time_column else np.arange(split.train.sum()) % 5)
-        overrides = tune(X[split.train], y[split.train], groups, n_trials=tune_trials,
+        groups = (pd.to_datetime(data.loc[fit_rows, time_column]).to_numpy().astype("int64")
+                  if time_column else np.arange(fit_rows.sum()) % 5)
+        overrides = tune(X[fit_rows], y[fit_rows], groups, n_trials=tune_trials,
                          categorical_idx=cat_idx, feature_names=names, config=config)
-    booster = fit_booster(X[split.train], y[split.train], X[split.validation], y[split.validation],
-                          categorical_idx=cat_idx, feature_names=names, config=config, overrides=overrides)
+    if folds:
+        rows = np.flatnonzero(fit_rows)
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
+        raw_val = np.empty(len(rows))
+        boosters = []
+        for fit_idx, val_idx in cv.split(rows, y[rows]):
+            b = fit_booster(X[rows[fit_idx]], y[rows[fit_idx]], X[rows[val_idx]], y[rows[val_idx]],
+                            categorical_idx=cat_idx, feature_names=names, config=config,
+                            overrides=overrides)
+            raw_val[val_idx] = b.predict(X[rows[val_idx]], num_threads=config.num_threads)
+            boosters.append(b)
+        best_iteration: int | list[int] = [int(b.best_iteration) for b in boosters]
+        booster = merge_boosters(boosters)
+        y_val = y[rows]
+        described = f"{int(fit_rows.sum())} rows (train + validation windows, {folds}-fold cross-fitted)"
+        split = Split(fit_rows, np.zeros_like(fit_rows), split.test, {
+            "train": described,
+            "validation": f"out-of-fold predictions of the same rows ({folds} folds): "
+                          "early stopping and calibration",
+            "test": split.description["test"],
+        })
+    else:
+        booster = fit_booster(X[split.train], y[split.train], X[split.validation], y[split.validation],
+                              categorical_idx=cat_idx, feature_names=names, config=config,
+                              overrides=overrides)
+        best_iteration = booster.best_iteration
+        raw_val, y_val = booster.predict(X[split.validation], num_threads=config.num_threads), y[split.validation]
 
-    raw_val = booster.predict(X[split.validation])
-    method, losses = (choose_calibration(raw_val, y[split.validation], seed=config.seed)
+    method, losses = (choose_calibration(raw_val, y_val, seed=config.seed)
                       if config.calibration == "auto" else (config.calibration, {}))
-    calibrator = Calibrator.fit(raw_val, y[split.validation], method)
+    calibrator = Calibrator.fit(raw_val, y_val, method)
     scale = ScoreScale.fit(calibrator.transform(raw_val), config.band_thresholds)
 
     rules = rules or RuleScorer()
-    rules = rules.calibrate(rules.points(data.loc[split.train])[0], y[split.train])
+    rules = rules.calibrate(rules.points(data.loc[fit_rows])[0], y[fit_rows])
 
-    baseline = fit_baseline(data.loc[split.train], y[split.train], categorical, numeric, config=config)
+    baseline = fit_baseline(data.loc[fit_rows], y[fit_rows], categorical, numeric, config=config,
+                            numeric_encoding=baseline_numeric)
 
     model = LeadModel(
         feature_config=feature_config, categorical=categorical, numeric=numeric,
@@ -209,7 +350,7 @@ def train(
     preds = pd.DataFrame({
         "contact_id": test["contact_id"].to_numpy() if "contact_id" in test else np.arange(len(test)),
         label: y[split.test],
-        "model": calibrator.transform(booster.predict(X[split.test])),
+        "model": calibrator.transform(booster.predict(X[split.test], num_threads=config.num_threads)),
         "rules": rules.predict_proba(test),
         "logistic": baseline.predict_proba(test)[:, 1],
     })
@@ -229,13 +370,14 @@ def train(
         "trained_at": pd.Timestamp.now(tz="UTC").isoformat(),
         "metrics": {k: float(v) for k, v in comparison.loc["model"].items() if _is_number(v)},
         "split": split.description,
-        "best_iteration": booster.best_iteration,
+        "best_iteration": best_iteration,
         "calibration": method,
         "excluded_features": excluded,
         "rows": {"train": int(split.train.sum()), "validation": int(split.validation.sum()),
                  "test": int(split.test.sum())},
         "positives": {"train": n_pos, "validation": int(y[split.validation].sum()),
                       "test": int(y[split.test].sum())},
+        "cross_fit_folds": folds,
         "tuned": overrides,
     }
     importance = pd.Series(booster.feature_importance("gain"), index=names).sort_values(ascending=False)
@@ -248,7 +390,8 @@ def train(
         params={**_lgb_params(config, overrides), "num_boost_round": config.num_boost_round,
                 "early_stopping_rounds": config.early_stopping_rounds, "calibration": method,
                 "half_life_days": feature_config.half_life_days,
-                "horizon_days": feature_config.horizon_days, "tune_trials": tune_trials},
+                "horizon_days": feature_config.horizon_days, "tune_trials": tune_trials,
+                "cross_fit_folds": folds},
     )
 
 
