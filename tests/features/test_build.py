@@ -146,7 +146,7 @@ def test_planted_future_events_and_stages_change_nothing(feats):
     future_events = pd.DataFrame(
         {
             "contact_id": ["C1", "C2", "C2"],
-            "ts": pd.to_datetime(["2026-03-01 00:00:01", "2026-03-02", "2026-05-01"]),
+            "ts": pd.to_datetime(["2026-03-01 00:00:01", "2026-03-02", "2026-05-01"], format="ISO8601"),
             "event_type": ["demo_request", "pricing_view", "unsubscribe"],
             "campaign_id": [None, None, None],
         }
