@@ -104,35 +104,49 @@ _EQ = {name: i for i, name in enumerate(EMAIL_QUALITIES)}
 HAZARD_BASE = np.array([0.00001, 0.0003, 0.006])  # daily conversion hazard per state at f = 0
 HAZARD_FIT = 1.1  # h = base[s] * exp(HAZARD_FIT * f)
 HAZARD_CAP = 0.03
-FIT_NOISE = 0.35  # sd of the unobserved part of fit
+FIT_NOISE = 0.1  # sd of the unobserved part of fit
 POST_CONVERSION_KEEP = 0.3  # share of state-driven events kept after conversion
+# Personal propensities: web activity ~ Gamma(ACTIVITY_SHAPE, 1 / ACTIVITY_SHAPE) (mean 1),
+# email affinity ~ AFFINITY_SCALE * Beta(*AFFINITY_BETA).
+ACTIVITY_SHAPE = 8.0
+P_NO_TITLE = 0.09  # contacts without a job title
+AFFINITY_BETA = (6.0, 7.5)
+AFFINITY_SCALE = 1.8
 
 # Web behaviour per state: active days / month, extra sessions per active day,
 # extra pages per session; session extras per session.
-LAM_DAYS = np.array([0.30, 1.7, 3.6])
-EXTRA_SESSIONS = np.array([0.15, 0.35, 0.7])
-EXTRA_PAGES = np.array([0.8, 1.6, 2.6])
+LAM_DAYS = np.array([0.08, 2.6, 6.0])
+EXTRA_SESSIONS = np.array([0.1, 0.25, 0.6])
+EXTRA_PAGES = np.array([0.6, 1.2, 2.2])
 PAGE_GAP_S = 75.0
+NEW_LEAD_BURST = 0.3  # a new lead explores the site: extra share of a month of web activity
+P_INBOUND_DEMO = 0.5  # hot inbound leads (forms, search) that sign up with a demo request
 #                        blog  product pricing careers docs
 PAGE_MIX = np.array([[0.62, 0.14, 0.03, 0.13, 0.08],
                      [0.42, 0.30, 0.08, 0.04, 0.16],
-                     [0.14, 0.34, 0.32, 0.02, 0.18]])
+                     [0.10, 0.34, 0.36, 0.02, 0.18]])
 P_DOWNLOAD = np.array([0.02, 0.09, 0.12])
-P_FORM = np.array([0.003, 0.012, 0.05])
-P_DEMO = np.array([0.0004, 0.004, 0.05])
+P_FORM = np.array([0.002, 0.010, 0.06])
+P_DEMO = np.array([0.0002, 0.002, 0.06])
 P_CHAT = np.array([0.003, 0.012, 0.05])
 SESSION_CHANNEL_MIX = np.array([0.10, 0.60, 0.18, 0.12, 0.0])  # email, web, paid, social, event
 
+# Lifecycle: a hot month makes a lead sales-qualified, a warm one marketing-qualified (the
+# marketing-automation score crossed its threshold); a dormant month moves it back a stage.
+P_HOT_SQL = 0.85
+P_WARM_MQL = 0.9
+P_DORMANT_BACK = (0.5, 0.6)  # sql -> mql, mql -> lead
+
 # Email: campaigns per month, open / click / unsubscribe probabilities per state.
 EMAILS_PER_MONTH = 4
-P_OPEN = np.array([0.10, 0.33, 0.50])
+P_OPEN = np.array([0.04, 0.38, 0.55])
 P_REOPEN = 0.25
-P_CLICK = np.array([0.04, 0.20, 0.32])
+P_CLICK = np.array([0.03, 0.20, 0.35])
 P_UNSUB = np.array([0.02, 0.006, 0.002])
 
 # Webinars: per month, registration / attendance per state.
 WEBINARS_PER_MONTH = 2
-P_REGISTER = np.array([0.002, 0.025, 0.09])
+P_REGISTER = np.array([0.001, 0.02, 0.10])
 P_ATTEND = np.array([0.35, 0.5, 0.65])
 
 # ---------------------------------------------------------------------------
@@ -492,6 +506,7 @@ class _Contacts:
     department: np.ndarray
     source: np.ndarray
     email_q: np.ndarray
+    no_title: np.ndarray
     junk: np.ndarray
     fit: np.ndarray
     activity: np.ndarray
@@ -525,16 +540,25 @@ def _contacts(rng: np.random.Generator, n: int, co: _Companies, cal: _Calendar) 
     eq = _draw(rng, n, _norm([_EMAIL_MIX[q] for q in EMAIL_QUALITIES]))
     student = sen == _SEN["student"]
     eq[student & (rng.random(n) < 0.6)] = _EQ["free"]
-    junk = (student | competitor | (eq == _EQ["disposable"])
-            | ((src == _SRC["purchased_list"]) & (rng.random(n) < 0.25)))
+    # No job title in the CRM: the role cannot be qualified, so it counts as unknown in fit.
+    no_title = rng.random(n) < P_NO_TITLE
+    # Junk is what sales would throw out on sight: students, competitors, disposable
+    # addresses, and list padding (purchased-list contacts without a corporate address or
+    # without a job title).
+    padding = (src == _SRC["purchased_list"]) & ((eq != _EQ["corporate"]) | no_title)
+    junk = student | competitor | (eq == _EQ["disposable"]) | padding
+    sen_fit = np.where(no_title, _SENIORITY_FIT["unknown"],
+                       np.array([_SENIORITY_FIT[s] for s in SENIORITIES])[sen])
+    dep_fit = np.where(no_title, _DEPT_FIT["unknown"],
+                       np.array([_DEPT_FIT[d] for d in DEPARTMENTS])[dep])
 
     ind = co.industry[company]
     emp = co.employees[company]
     size_fit = np.maximum(0.5 - 0.2 * (np.log10(emp) - 2.8) ** 2, -1.0)
     fit = (np.array([i[2] for i in _INDUSTRIES])[ind]
            + size_fit
-           + np.array([_SENIORITY_FIT[s] for s in SENIORITIES])[sen]
-           + np.array([_DEPT_FIT[d] for d in DEPARTMENTS])[dep]
+           + sen_fit
+           + dep_fit
            + np.array([_SOURCES[s][1] for s in LEAD_SOURCES])[src]
            + np.array([_EMAIL_FIT[q] for q in EMAIL_QUALITIES])[eq]
            + np.array([c[2] for c in _COUNTRIES])[co.country[company]]
@@ -560,7 +584,9 @@ def _contacts(rng: np.random.Generator, n: int, co: _Companies, cal: _Calendar) 
 
     return _Contacts(
         n=n, company=company, seniority=sen, department=dep, source=src, email_q=eq,
-        junk=junk, fit=fit, activity=rng.gamma(2.0, 0.5, n), affinity=rng.beta(2.0, 2.5, n) * 1.8,
+        no_title=no_title, junk=junk, fit=fit,
+        activity=rng.gamma(ACTIVITY_SHAPE, 1.0 / ACTIVITY_SHAPE, n),
+        affinity=rng.beta(*AFFINITY_BETA, n) * AFFINITY_SCALE,
         created_s=created, cmonth=cmonth.astype(np.int64), do_not_email=dne, sendable=sendable,
         mail_dead_s=dead,
     )
@@ -682,14 +708,14 @@ def _stages(rng: np.random.Generator, ct: _Contacts, states: np.ndarray, conv: n
         new = c.copy()
         is_low = np.isin(c, low)
         hot = s == HOT
-        new = np.where(hot & (is_low | (c == st["mql"])) & (u < 0.7), st["sql"], new)
-        new = np.where(hot & is_low & (u >= 0.7), st["mql"], new)
-        new = np.where((s == WARM) & is_low & (u < 0.8), st["mql"], new)
+        new = np.where(hot & (is_low | (c == st["mql"])) & (u < P_HOT_SQL), st["sql"], new)
+        new = np.where(hot & is_low & (u >= P_HOT_SQL), st["mql"], new)
+        new = np.where((s == WARM) & is_low & (u < P_WARM_MQL), st["mql"], new)
         dormant = s == DORMANT
         sk = np.where(dormant, streak[idx] + 1, 0).astype(np.int16)
         streak[idx] = sk
-        new = np.where(dormant & (c == st["sql"]) & (u < 0.35), st["mql"], new)
-        new = np.where(dormant & (c == st["mql"]) & (u < 0.5), st["lead"], new)
+        new = np.where(dormant & (c == st["sql"]) & (u < P_DORMANT_BACK[0]), st["mql"], new)
+        new = np.where(dormant & (c == st["mql"]) & (u < P_DORMANT_BACK[1]), st["lead"], new)
         new = np.where(dormant & (sk >= 3) & (c != st["cold"]) & (u >= 0.4), st["cold"], new)
         ch = new != c
         cs.append(idx[ch])
@@ -842,6 +868,7 @@ def _month_web(rng: np.random.Generator, buf: _EventBuffer, cat: _Catalog, ct: _
     lo = np.maximum(ms, ct.created_s[idx])
     s = states[m, idx]
     frac = (me - lo) / (me - ms)
+    frac = np.where(ct.cmonth[idx] == m, np.minimum(1.0, frac + NEW_LEAD_BURST), frac)
     nd = rng.poisson(LAM_DAYS[s] * ct.activity[idx] * frac)
     c1, lo1, s1 = np.repeat(idx, nd), np.repeat(lo, nd), np.repeat(s, nd)
     hi1 = np.full(c1.size, me)
@@ -907,13 +934,16 @@ def _month_webinars(rng: np.random.Generator, buf: _EventBuffer, cat: _Catalog, 
 
 
 def _creation_events(rng: np.random.Generator, buf: _EventBuffer, cat: _Catalog,
-                     ct: _Contacts) -> None:
-    """The event that created the contact (form fill, webinar sign-up), at created_at."""
+                     ct: _Contacts, first_state: np.ndarray) -> None:
+    """The event that created the contact (form fill, webinar sign-up), at created_at;
+    a hot inbound lead often signs up by requesting a demo."""
     src, t = ct.source, ct.created_s
     for name, chan in (("web_form", "web"), ("paid_search", "paid_search"),
                        ("organic_search", "web"), ("social", "social")):
         c = np.flatnonzero(src == _SRC[name])
         buf.add(c, t[c], _ET["form_submit"], -1, -1, _CH[chan])
+        demo = c[(first_state[c] == HOT) & (rng.random(c.size) < P_INBOUND_DEMO)]
+        buf.add(demo, t[demo] + 1, _ET["demo_request"], -1, -1, _CH[chan])
         if name == "web_form":
             g = c[rng.random(c.size) < 0.45]
             asset = cat.asset_codes[_draw(rng, g.size, cat.asset_mix[1])]
@@ -933,7 +963,7 @@ def _events(rng: np.random.Generator, ct: _Contacts, states: np.ndarray, conv: n
             cat: _Catalog, cal: _Calendar) -> dict[str, np.ndarray]:
     """All legitimate events as integer-coded columns (no dirt yet)."""
     buf = _EventBuffer()
-    _creation_events(rng, buf, cat, ct)
+    _creation_events(rng, buf, cat, ct, states[ct.cmonth, np.arange(ct.n)])
     unsub = np.zeros(ct.n, dtype=bool)
     bounced = np.zeros(ct.n, dtype=bool)
     parts = []
@@ -1258,10 +1288,11 @@ def _contacts_table(rng: np.random.Generator, ct: _Contacts, co: _Companies, cal
     source = pa.concat_arrays([source, dsource])
 
     # cosmetic dirt on every row (the latent values that drive the model stay clean)
-    title = _null_where(title, rng.random(nt) < 0.10)
+    title = _null_where(title, np.concatenate([ct.no_title,
+                                               rng.random(src_dup.size) < P_NO_TITLE]))
     industry = _with_aliases(rng, co.industry[comp_all], [i[0] for i in _INDUSTRIES],
                              [i[4] for i in _INDUSTRIES], _INDUSTRY_JUNK, 0.03, 0.01, 0.02)
-    industry = _null_where(industry, rng.random(nt) < 0.08)
+    industry = _null_where(industry, rng.random(nt) < 0.05)
     source = pc.if_else(pa.array(rng.random(nt) < 0.02),
                         _pick(_SOURCE_JUNK, rng.integers(0, len(_SOURCE_JUNK), nt)), source)
     source = _null_where(source, rng.random(nt) < 0.01)
@@ -1272,7 +1303,8 @@ def _contacts_table(rng: np.random.Generator, ct: _Contacts, co: _Companies, cal
     emp = co.employees[comp_all].copy()
     rnd = rng.random(nt) < 0.4
     emp[rnd] = _round_sig(emp[rnd], 1 + (emp[rnd] >= 100))
-    emp[rng.random(nt) < 0.12] = np.nan
+    # enrichment knows big companies better: size is missing more often for small ones
+    emp[rng.random(nt) < np.where(co.employees[comp_all] < 20, 0.16, 0.05)] = np.nan
     rev = _round_sig(co.revenue[comp_all], 2)
     rev[rng.random(nt) < np.where(co.employees[comp_all] < 50, 0.35, 0.12)] = np.nan
     cname = _null_where(co.name.take(pa.array(comp_all)), rng.random(nt) < 0.02)

@@ -25,8 +25,9 @@ def score(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     previous: Annotated[Optional[Path], typer.Option("--previous", help="Last night's scores: report movers.")] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1000, help="Contacts per chunk.")] = 100_000,
-    reasons: Annotated[str, typer.Option("--reasons", help="Reasons for: all, top (bands A and B) or none.")] = "top",
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1000, help="Contacts per chunk (memory per worker).")] = 50_000,
+    reasons: Annotated[str, typer.Option("--reasons", help="Reasons for: all, top (bands A and B) or none. "
+                                         "Reasons (LightGBM pred_contrib) cost ~100x a prediction per row.")] = "top",
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
 ) -> None:
     """Rescore the whole base (or a CRM table) with the champion; rules when there is none."""
