@@ -10,15 +10,17 @@ How a run goes (``engine="local"``)
 1. **Contacts and stage changes** are read whole (they fit in memory: a few hundred bytes
    per contact), validated (:func:`features.io.validate_tables`) and cleaned
    (:func:`features.hygiene.clean`: duplicates merged, unknown contacts and future rows
-   rejected). Deduplication needs every contact at once; nothing else does.
+   rejected), in a child process whose memory is returned before the next steps.
+   Deduplication needs every contact at once (memory grows with the number of contacts:
+   ~2 GB for 1M, ~5.8 GB for 4M); nothing else does.
 2. **Contacts are split into buckets** by a stable hash of their (canonical) id:
    ``n_buckets = ceil(contacts / chunk_size)``; a bucket is a chunk of work.
 3. **Events** (tens of millions of rows, in any order) are streamed once, in batches,
    by a pool of processes: each batch is validated with the same
    :func:`~features.io.validate_tables`, attached to its contact with hygiene's own
    rule (unknown contact / future timestamp -> rejects, duplicates -> canonical id) and
-   split into one temporary Parquet file per bucket. A chunk then reads only its own
-   events: memory is bounded by the chunk size, not by the base.
+   split into one temporary Parquet file per bucket and task. A chunk then reads only its
+   own events: memory is bounded by the chunk size, not by the number of events.
 4. **Chunks are scored** by a pool of processes (LightGBM with one thread each: two
    processes on two cores beat one process with two threads, since feature building and
    Parquet I/O are single-threaded). Each chunk builds its point-in-time features with
