@@ -102,32 +102,32 @@ _EQ = {name: i for i, name in enumerate(EMAIL_QUALITIES)}
 # ---------------------------------------------------------------------------
 
 HAZARD_BASE = np.array([0.00001, 0.0003, 0.006])  # daily conversion hazard per state at f = 0
-HAZARD_FIT = 1.1  # h = base[s] * exp(HAZARD_FIT * f)
+HAZARD_FIT = 0.9  # h = base[s] * exp(HAZARD_FIT * f)
 HAZARD_CAP = 0.03
 FIT_NOISE = 0.1  # sd of the unobserved part of fit
 POST_CONVERSION_KEEP = 0.3  # share of state-driven events kept after conversion
 # Personal propensities: web activity ~ Gamma(ACTIVITY_SHAPE, 1 / ACTIVITY_SHAPE) (mean 1),
 # email affinity ~ AFFINITY_SCALE * Beta(*AFFINITY_BETA).
-ACTIVITY_SHAPE = 8.0
+ACTIVITY_SHAPE = 12.0
 P_NO_TITLE = 0.09  # contacts without a job title
 AFFINITY_BETA = (6.0, 7.5)
 AFFINITY_SCALE = 1.8
 
 # Web behaviour per state: active days / month, extra sessions per active day,
 # extra pages per session; session extras per session.
-LAM_DAYS = np.array([0.08, 2.6, 6.0])
+LAM_DAYS = np.array([0.03, 3.0, 8.0])
 EXTRA_SESSIONS = np.array([0.1, 0.25, 0.6])
-EXTRA_PAGES = np.array([0.6, 1.2, 2.2])
+EXTRA_PAGES = np.array([0.5, 0.9, 1.5])
 PAGE_GAP_S = 75.0
 NEW_LEAD_BURST = 0.3  # a new lead explores the site: extra share of a month of web activity
 P_INBOUND_DEMO = 0.5  # hot inbound leads (forms, search) that sign up with a demo request
 #                        blog  product pricing careers docs
-PAGE_MIX = np.array([[0.62, 0.14, 0.03, 0.13, 0.08],
-                     [0.42, 0.30, 0.08, 0.04, 0.16],
-                     [0.10, 0.34, 0.36, 0.02, 0.18]])
+PAGE_MIX = np.array([[0.65, 0.14, 0.00, 0.13, 0.08],
+                     [0.48, 0.30, 0.02, 0.04, 0.16],
+                     [0.10, 0.32, 0.40, 0.02, 0.16]])
 P_DOWNLOAD = np.array([0.02, 0.09, 0.12])
 P_FORM = np.array([0.002, 0.010, 0.06])
-P_DEMO = np.array([0.0002, 0.002, 0.06])
+P_DEMO = np.array([0.0, 0.0005, 0.06])
 P_CHAT = np.array([0.003, 0.012, 0.05])
 SESSION_CHANNEL_MIX = np.array([0.10, 0.60, 0.18, 0.12, 0.0])  # email, web, paid, social, event
 
@@ -139,7 +139,7 @@ P_DORMANT_BACK = (0.5, 0.6)  # sql -> mql, mql -> lead
 
 # Email: campaigns per month, open / click / unsubscribe probabilities per state.
 EMAILS_PER_MONTH = 4
-P_OPEN = np.array([0.04, 0.38, 0.55])
+P_OPEN = np.array([0.015, 0.40, 0.55])
 P_REOPEN = 0.25
 P_CLICK = np.array([0.03, 0.20, 0.35])
 P_UNSUB = np.array([0.02, 0.006, 0.002])
