@@ -151,7 +151,8 @@ def tune(
     def objective(trial: optuna.Trial) -> float:
         overrides = {
             "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
-            "num_leaves": trial.suggest_int("num_leaves", 8, 128, log=True),
+            # small trees keep the per-lead reasons (TreeSHAP) cheap; see training.config
+            "num_leaves": trial.suggest_int("num_leaves", 4, 32, log=True),
             "min_child_samples": trial.suggest_int("min_child_samples", 20, 500, log=True),
             "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30, log=True),
