@@ -3,8 +3,10 @@
 A :class:`Snapshotter` encodes contacts, events and stage changes once; ``features_at(T)``
 then builds the feature row of every contact as it was known at ``T`` (only events and stage
 changes with timestamps ``<= T``), and ``labels_at(T)`` tells who reached opportunity within
-the horizon after ``T``. :func:`build_features` (batch), :func:`build_training_set`
-(many as-of dates) and :func:`features_for_leads` (the HTTP service) all go through it.
+the horizon after ``T``. :func:`build_features` (batch) and :func:`build_training_set`
+(many as-of dates) go through it; :func:`lead_feature_columns` (the HTTP service) and
+:func:`features_for_leads` (the MLflow pyfunc) encode a few leads from plain values and run
+the same kernels (:func:`snapshot_columns`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import pandas as pd
 
 from features import schema
 from features.config import FeatureConfig
-from features.engagement import EventArrays, encode_events, engagement_features
+from features.engagement import (
+    EventArrays,
+    encode_event_records,
+    encode_events,
+    engagement_features,
+)
 from features.firmographics import fit_features
 from features.lifecycle import (
     _TIE_RANK,
@@ -91,11 +98,7 @@ class Snapshotter:
         t = pd.Timestamp(as_of).as_unit("ns")
         columns, keep = snapshot_columns(self.fit, self.created_ns, self.stages, self.events, t,
                                          half_life_days=self.config.half_life_days)
-        columns = {"contact_id": self.ids.to_numpy(dtype=object),
-                   "as_of": np.full(len(self.ids), t.as_unit("us").to_datetime64()), **columns}
-        if eligible_only:
-            columns = {k: v[keep] for k, v in columns.items()}
-        return pd.DataFrame({c: columns[c] for c in (*schema.KEY_COLUMNS, *schema.FEATURES)})
+        return feature_table(self.ids.array, t, columns, keep if eligible_only else None)
 
     def labels_at(self, as_of: pd.Timestamp | str, contact_ids: pd.Series) -> np.ndarray:
         """Label of the given contacts: reached opportunity within the horizon after ``as_of``."""
@@ -135,6 +138,23 @@ def snapshot_columns(
     }
     keep = (age >= 0) & scorable(life["stage_code"]) if eligibility else None
     return columns, keep
+
+
+def feature_table(ids: pd.api.extensions.ExtensionArray, as_of: pd.Timestamp,
+                  columns: Mapping[str, np.ndarray], rows: np.ndarray | None) -> pd.DataFrame:
+    """The feature table (:data:`schema.KEY_COLUMNS` then :data:`schema.FEATURES`) of the
+    contacts ``ids`` with feature ``columns`` (name -> array), keeping the ``rows`` mask
+    (all rows when None). The numeric features form one float64 block, filled in place."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    numeric = np.empty((len(ids) if rows is None else int(rows.sum()),
+                        len(schema.NUMERIC_FEATURES)), order="F")
+    for j, name in enumerate(schema.NUMERIC_FEATURES):
+        numeric[:, j] = pick(columns[name])
+    head = pd.DataFrame({"contact_id": pick(ids),
+                         "as_of": np.full(len(numeric), as_of.as_unit("us").to_datetime64()),
+                         **{name: pick(columns[name]) for name in schema.CATEGORICAL_FEATURES}})
+    tail = pd.DataFrame(numeric, columns=list(schema.NUMERIC_FEATURES), copy=False)
+    return pd.concat([head, tail], axis=1)
 
 
 def encode_stage_records(contact: np.ndarray, ts: np.ndarray, stage: list[object],
@@ -349,23 +369,52 @@ def features_for_leads(
     as_of: pd.Timestamp | str,
     config: FeatureConfig | None = None,
 ) -> pd.DataFrame:
-    """Feature rows for leads given as plain records (the HTTP service's path), in order.
+    """Feature rows for leads given as plain records (the MLflow pyfunc's path), in order.
 
     ``events`` and ``stages`` carry the ``contact_id`` they belong to. Every lead is
-    featurised at ``as_of`` whatever its stage, through exactly the batch code path; a lead
-    without ``created_at`` is taken as created at ``as_of``.
+    featurised at ``as_of`` whatever its stage, with the batch's kernels through
+    :func:`lead_feature_columns` (the same values as :meth:`Snapshotter.features_at`, tested);
+    a lead without ``created_at`` is taken as created at ``as_of``.
     """
-    frame = pd.DataFrame.from_records(list(contacts))
-    if "created_at" not in frame:
-        frame["created_at"] = pd.NaT
-    frame["created_at"] = pd.to_datetime(frame["created_at"]).fillna(pd.Timestamp(as_of))
-    ev = pd.DataFrame.from_records(list(events), columns=_record_columns(events, schema.EVENTS))
-    st = pd.DataFrame.from_records(list(stages), columns=_record_columns(stages, schema.STAGE_CHANGES))
-    return Snapshotter(frame, ev, st, config).features_at(as_of, eligible_only=False)
+    t = pd.Timestamp(as_of)
+    ids = [_text(c.get("contact_id")) for c in contacts]
+    row = {cid: i for i, cid in enumerate(ids) if cid is not None}  # missing ids match nothing
+    if len(row) < sum(cid is not None for cid in ids):
+        raise ValueError("contacts.contact_id: duplicate ids; run hygiene (deduplication) first")
+    created = _timestamps_ns([c.get("created_at") for c in contacts], fill=t)
+    columns = {k: np.array([c.get(k) for c in contacts], dtype=object).reshape(len(contacts))
+               for k in dict.fromkeys(k for c in contacts for k in c)
+               if k not in ("contact_id", "created_at")}
+    ev = encode_event_records(
+        _rows(events, row), _timestamps_ns([e.get("ts") for e in events]),
+        [e.get("event_type") for e in events],
+        [e.get("campaign_id") for e in events] if any("campaign_id" in e for e in events) else None,
+        len(ids))
+    st = encode_stage_records(_rows(stages, row), _timestamps_ns([s.get("ts") for s in stages]),
+                              [s.get("stage") for s in stages], len(ids))
+    features = lead_feature_columns(columns, created, ev, st, as_of=t, config=config)
+    return feature_table(pd.array(ids, dtype="str"), t, features, None)
 
 
-def _record_columns(records: Sequence[dict[str, Any]], table: schema.TableSchema) -> list[str]:
-    seen = dict.fromkeys(table.required)
-    for r in records:
-        seen.update(dict.fromkeys(r))
-    return list(seen)
+def _text(value: object) -> str | None:
+    """An id as text, as ``astype("str")`` gives it; None when missing."""
+    if isinstance(value, str):
+        return value
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _rows(records: Sequence[dict[str, Any]], row: dict[str, int]) -> np.ndarray:
+    """Row of each record's contact (ids compared as text, as the batch does), -1 when unknown."""
+    return np.array([row.get(_text(r.get("contact_id")), -1) for r in records],
+                    dtype=np.int64).reshape(len(records))
+
+
+def _timestamps_ns(values: list[object], fill: pd.Timestamp | None = None) -> np.ndarray:
+    """Nanoseconds since the epoch, parsed as the batch parses a column (missing: ``fill``,
+    or NaT's int64 value, which drops the row)."""
+    if not values:
+        return np.zeros(0, dtype=np.int64)
+    ts = pd.to_datetime(values)
+    if fill is not None:
+        ts = ts.fillna(fill)
+    return ts.to_numpy(dtype="datetime64[ns]").view("int64")

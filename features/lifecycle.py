@@ -6,11 +6,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features import schema
+from features.engagement import as_text, positions
 
 _STAGES = schema.STAGES
 _CODE = {s: i for i, s in enumerate(_STAGES)}
+_STAGE_VALUES = pa.array(_STAGES, type=pa.large_string())
 # order of changes sharing a timestamp: along the funnel, cold and disqualified last
 _TIE_RANK = np.array([schema.FUNNEL_RANK.get(s, 10) for s in _STAGES])
 _FUNNEL = np.array([schema.FUNNEL_RANK.get(s, -1) for s in _STAGES])
@@ -33,9 +36,9 @@ class StageArrays:
 
 def encode_stages(stages: pd.DataFrame, contact_ids: pd.Index) -> StageArrays:
     """Encode a stages table against its contacts (unknown contacts and stages dropped)."""
-    pos = contact_ids.get_indexer(stages["contact_id"])
-    code = stages["stage"].map(_CODE).to_numpy(dtype="float64", na_value=np.nan)
-    keep = (pos >= 0) & ~np.isnan(code)
+    pos = positions(stages["contact_id"], as_text(contact_ids))
+    code = positions(stages["stage"], _STAGE_VALUES)
+    keep = (pos >= 0) & (code >= 0)
     ts = pd.to_datetime(stages["ts"]).to_numpy(dtype="datetime64[ns]").view("int64")[keep]
     pos, code = pos[keep].astype(np.int64), code[keep].astype(np.int8)
     order = np.lexsort((_TIE_RANK[code], ts, pos))

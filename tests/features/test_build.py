@@ -214,3 +214,86 @@ def test_dirty_or_empty_inputs_do_not_raise(kind):
         contacts = contacts[["contact_id", "created_at"]]
     out = build_features(contacts, events, stages, T)
     assert len(out) >= 2 and out["contact_id"].is_unique
+
+
+def _many_events(n_contacts: int = 3, n_events: int = 4000, seed: int = 0) -> pd.DataFrame:
+    """Thousands of events per contact over two years: enough for float sums to depend on
+    their order if anything summed them in input order."""
+    rng = np.random.default_rng(seed)
+    seconds = rng.integers(0, 2 * 365 * 86_400, n_events)
+    return pd.DataFrame({
+        "contact_id": rng.choice(["C1", "C2", "C4"][:n_contacts], n_events),
+        "ts": T - pd.to_timedelta(seconds, unit="s"),
+        "event_type": rng.choice(list(schema.EVENT_TYPES) + ["video_play"], n_events),
+        "campaign_id": rng.choice(["a", "b", "c", None], n_events),
+    })
+
+
+def test_event_order_changes_no_bit():
+    events = _many_events()
+    want = build_features(_contacts(), events, _stages(), T, eligible_only=False)
+    for seed in (1, 2):
+        shuffled = events.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+        got = build_features(_contacts(), shuffled, _stages(), T, eligible_only=False)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # decay weights are rounded to 2**-32: within 2**-33 per event of the exact sum
+    c1 = events[(events["contact_id"] == "C1") & (events["event_type"] == "pricing_view")]
+    exact = np.exp2(-((T - c1["ts"]) / pd.Timedelta(days=1)).to_numpy() / 30).sum()
+    got = want.set_index("contact_id").loc["C1", "pricing_view_decayed"]
+    assert abs(got - exact) <= len(c1) * 2.0**-33
+
+
+def _as_objects(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as None in object columns: one lead alone may leave a text column
+    all-missing, which pandas then types as object instead of str."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def test_one_lead_at_a_time_equals_the_batch_to_the_bit():
+    events, stages = _many_events(seed=5), _stages()
+    batch = build_features(_contacts(), events, stages, T, eligible_only=False).set_index("contact_id")
+    for record in _contacts().to_dict("records"):
+        cid = record["contact_id"]
+        record = {k: None if pd.isna(v) else v for k, v in record.items()}  # as JSON gives it
+        record["created_at"] = record["created_at"].isoformat()
+        evs = [{**e, "ts": e["ts"].isoformat()} for e in
+               events[events["contact_id"] == cid].to_dict("records")]
+        sts = stages[stages["contact_id"] == cid].to_dict("records")
+        online = features_for_leads([record], evs, sts, as_of=T).set_index("contact_id")
+        pd.testing.assert_frame_equal(_as_objects(online), _as_objects(batch.loc[[cid]]),
+                                      check_exact=True)
+
+
+def test_leads_with_unknown_or_duplicate_ids():
+    records = _contacts().iloc[:2].to_dict("records")
+    stray = [{"contact_id": "nobody", "ts": T, "event_type": "demo_request"}]
+    alone = features_for_leads(records, [], [], as_of=T)
+    pd.testing.assert_frame_equal(features_for_leads(records, stray, [], as_of=T), alone)
+    with pytest.raises(ValueError, match="duplicate"):
+        features_for_leads(records + records[:1], [], [], as_of=T)
+
+
+def test_fit_features_of_frames_and_columns_agree():
+    """The DataFrame path, the column path (many leads) and the value-by-value path (a few
+    leads) of fit_features give the same values, odd inputs included."""
+    from features.firmographics import fit_features
+
+    odd = pd.DataFrame({
+        "employees": pd.Series(["12", None, "abc", 3.5, " 7 "], dtype=object),
+        "annual_revenue": pd.array([1, None, 3, 4, 5], dtype="Int64"),
+        "has_phone": pd.Series([1, None, "x", 0, True], dtype=object),
+        "do_not_email": pd.array([True, None, False, True, None], dtype="boolean"),
+        "email_quality": pd.Series(["free", None, "corporate", np.nan, "invalid"], dtype=object),
+        "industry": pd.Series([" Soft  ware ", None, "nan", 3, "X"], dtype=object),
+        "country": pd.Series(["de", "", None, "fr", pd.NA], dtype=object),
+        "job_title": pd.Series(["VP Sales", None, "", 5, "cto"], dtype=object),
+        "company_name": pd.Series(["a", "", None, np.nan, pd.NA], dtype=object),
+    })
+    many = pd.concat([odd] * 5, ignore_index=True)  # above the value-by-value threshold
+    for frame in (odd, many):
+        want = fit_features(frame)
+        columns = {c: frame[c].to_numpy(dtype=object) for c in frame}
+        got = fit_features(columns, n=len(frame))
+        assert want.keys() == got.keys()
+        for name, values in want.items():
+            assert list(_as_objects(pd.Series(got[name]))) == list(_as_objects(pd.Series(values))), name
