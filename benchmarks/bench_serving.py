@@ -4,12 +4,19 @@ Everything runs side by side in one run, on loopback, against the same logged mo
 ``champion`` of ``lead-scoring`` in the store of ``--workdir``) with the same lead:
 
 * ``leadscore``: ``bentoml serve serving.service:LeadScoringService`` (1 worker, API key on),
-  single-lead requests carrying 50 events (features computed per request, reasons included),
-  then 100-lead requests (reasons all / top / none), then a soak at concurrency 16.
+  single-lead requests carrying 50 events (features computed per request) with reasons
+  ``all``, ``top`` and ``none`` (``--reasons``), then 100-lead requests (reasons all / top /
+  none), then a soak at concurrency 16.
 * ``mlflow``: ``mlflow models serve --env-manager local -m models:/lead-scoring@champion``
   with the same lead as a ``dataframe_split`` (the columns of the model's signature).
 * ``bare-starlette`` / ``bare-fastapi``: uvicorn + one endpoint that reads the body and calls
   ``Booster.predict`` on a prebuilt row of the same booster: the practical ceiling.
+
+The single-lead configurations (ours in each reasons mode and the two bare endpoints) run
+side by side: all servers are up together and the configurations take turns for
+``--rounds`` rounds, so a change in the machine's load hits them alike; the ratios are
+medians of the per-round ratios. uvicorn picks ``httptools`` and ``uvloop`` when they are
+installed, for every server here alike (``machine.versions`` says which were).
 
 Load generator: ``hey`` (``apt-get install -y hey``), one process on the same machine: it
 shares the CPU cores with the servers. Server CPU per request is read from ``/proc`` (user +
@@ -197,6 +204,30 @@ def run_load(server: Process, path: str, body: Path, *, seconds: float, concurre
     return result
 
 
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's rounds as one result: mean req/s, median p50/p99 over rounds,
+    CPU per request over all rounds, summed errors; the rounds are kept."""
+    seconds = sum(r["seconds"] for r in rounds)
+    ok = sum(r["ok"] for r in rounds)
+    cpu = sum(r["server_cpu_ms_per_request"] * r["ok"] for r in rounds)
+    out = {"rps": round(sum(r["rps"] * r["seconds"] for r in rounds) / seconds, 1), "ok": ok,
+           "non_2xx": sum(r["non_2xx"] for r in rounds), "errors": sum(r["errors"] for r in rounds),
+           "latency_ms": {p: float(np.median([r["latency_ms"][p] for r in rounds]))
+                          for p in rounds[0]["latency_ms"]},
+           "server_cpu_ms_per_request": round(cpu / max(ok, 1), 3),
+           "concurrency": rounds[0]["concurrency"], "seconds": seconds,
+           "loadavg_1m_before": [r["loadavg_1m_before"] for r in rounds],
+           "rounds": [{k: r[k] for k in ("rps", "latency_ms", "server_cpu_ms_per_request",
+                                         "loadavg_1m_before")} for r in rounds]}
+    return out
+
+
+def round_ratio(runs: dict[str, Any], ours: str, other: str) -> float:
+    """Median over rounds of ours' req/s over the other's in the same round."""
+    pairs = zip(runs[ours]["rounds"], runs[other]["rounds"])
+    return round(float(np.median([a["rps"] / b["rps"] for a, b in pairs])), 3)
+
+
 # -- inputs ------------------------------------------------------------------------------------
 def _clean(v: Any) -> Any:
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
@@ -249,6 +280,7 @@ def make_bodies(data: Path, out: Path, *, n_events: int = 50, n_leads: int = 100
         "recent_all": {"leads": recent, "as_of": as_of_s, "reasons": "all"},
         "recent_none": {"leads": recent, "as_of": as_of_s, "reasons": "none"},
         "single": {"leads": leads[:1], "as_of": as_of_s},
+        "single_top": {"leads": leads[:1], "as_of": as_of_s, "reasons": "top"},
         "single_noreasons": {"leads": leads[:1], "as_of": as_of_s, "reasons": "none"},
         "hundred_all": {"leads": leads, "as_of": as_of_s, "reasons": "all"},
         "hundred_top": {"leads": leads, "as_of": as_of_s, "reasons": "top"},
@@ -290,7 +322,8 @@ def machine() -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     versions = {}
-    for pkg in ("bentoml", "mlflow", "lightgbm", "uvicorn", "starlette", "fastapi", "pydantic"):
+    for pkg in ("bentoml", "mlflow", "lightgbm", "uvicorn", "starlette", "fastapi", "pydantic",
+                "httptools", "uvloop"):
         try:
             versions[pkg] = __import__("importlib.metadata").metadata.version(pkg)
         except Exception:
@@ -308,16 +341,30 @@ def prepare(workdir: Path, contacts: int) -> None:
                    check=True)
 
 
+_SINGLE_BODIES = {"all": "single", "top": "single_top", "none": "single_noreasons"}
+_SINGLE_RUNS = {"all": "leadscore_single", "top": "leadscore_single_top",
+                "none": "leadscore_single_noreasons"}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--prepare", type=int, default=0, help="first generate N demo contacts and train")
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds per configuration")
+    ap.add_argument("--duration", type=float, default=20.0,
+                    help="seconds per configuration (per round for the single-lead ones)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the single-lead comparison")
+    ap.add_argument("--reasons", default="all,top,none",
+                    help="reasons modes of the single-lead runs (comma-separated: all, top, none)")
     ap.add_argument("--soak", type=float, default=60.0, help="seconds of the concurrency-16 soak (0: skip)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--skip-mlflow", action="store_true")
+    ap.add_argument("--skip-batches", action="store_true", help="skip the 100-lead requests")
+    ap.add_argument("--workers", type=int, default=1, help="LEADSCORE_WORKERS of our service")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.reasons.split(",") if m.strip()]
+    if not modes or set(modes) - set(_SINGLE_BODIES):
+        ap.error(f"--reasons: comma-separated modes among {sorted(_SINGLE_BODIES)}")
     if shutil.which("hey") is None:
         sys.exit("hey is needed: apt-get install -y hey")
     workdir = args.workdir.resolve()
@@ -349,44 +396,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.wait(headers=headers)
         return p
 
-    # 1. our service
+    # 1. single leads: our service in each reasons mode and the bare ceilings, side by side
     port = free_port()
     ours = start("leadscore", [str(BIN / "bentoml"), "serve", "serving.service:LeadScoringService",
                                "--host", "127.0.0.1", "--port", str(port)],
                  {**base_env, "LEADSCORE_WORKDIR": str(workdir), "LEADSCORE_API_KEYS": API_KEY,
-                  "LEADSCORE_RELOAD_SECONDS": "0"}, port, "/readyz")
+                  "LEADSCORE_RELOAD_SECONDS": "0", "LEADSCORE_WORKERS": str(args.workers)},
+                 port, "/readyz")
+    servers = [ours]
     try:
-        runs["leadscore_single"] = run_load(ours, "/score", bodies["single"], seconds=d,
-                                            concurrency=c, headers=auth)
-        runs["leadscore_single_noreasons"] = run_load(ours, "/score", bodies["single_noreasons"],
-                                                      seconds=d, concurrency=c, headers=auth)
-        for body, name in (("hundred_all", "100x50ev_reasons_all"), ("hundred_top", "100x50ev_reasons_top"),
-                           ("hundred_none", "100x50ev_reasons_none"), ("recent_all", "100_recent_reasons_all"),
-                           ("recent_none", "100_recent_reasons_none")):
-            r = run_load(ours, "/score", bodies[body], seconds=d, concurrency=c, headers=auth)
-            r["leads_per_second"] = round(r["rps"] * 100, 1)
-            r["events_per_request"] = sum(len(lead.get("events", []))
-                                          for lead in json.loads(bodies[body].read_text())["leads"])
-            runs[f"leadscore_{name}"] = r
+        import httpx
+
+        lead = httpx.post(ours.url + "/score", content=bodies["single_noreasons"].read_bytes(),
+                          headers={**auth, "Content-Type": "application/json"}, timeout=60).json()
+        results["model"]["single_lead_band"] = lead["scores"][0]["band"]
+        bare: dict[str, Process] = {}
+        for name, factory in (("bare_starlette", "make_bare_starlette"),
+                              ("bare_fastapi", "make_bare_fastapi")):
+            bport = free_port()
+            bare[name] = Process(name, [str(BIN / "uvicorn"), "--factory", f"bench_serving:{factory}",
+                                        "--app-dir", str(REPO / "benchmarks"), "--host", "127.0.0.1",
+                                        "--port", str(bport), "--log-level", "warning",
+                                        "--no-access-log"],
+                                 {**base_env, "BENCH_BOOSTER": str(booster)},
+                                 f"http://127.0.0.1:{bport}", "/score", tmp)
+            servers.append(bare[name])
+            _wait_post(bare[name])
+        configs = [(_SINGLE_RUNS[m], ours, bodies[_SINGLE_BODIES[m]], auth) for m in modes]
+        configs += [(name, p, bodies["single"], None) for name, p in bare.items()]
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in configs}
+        for r in range(args.rounds):
+            for name, server, body, headers in configs:
+                rounds[name].append(run_load(server, "/score", body, seconds=d, concurrency=c,
+                                             headers=headers, warmup=3 if r == 0 else 1))
+        for name, rs in rounds.items():
+            runs[name] = combine(rs)
+        for p in bare.values():
+            p.stop()
+
+        # 2. 100-lead requests and the soak
+        if not args.skip_batches:
+            for body, name in (("hundred_all", "100x50ev_reasons_all"),
+                               ("hundred_top", "100x50ev_reasons_top"),
+                               ("hundred_none", "100x50ev_reasons_none"),
+                               ("recent_all", "100_recent_reasons_all"),
+                               ("recent_none", "100_recent_reasons_none")):
+                r = run_load(ours, "/score", bodies[body], seconds=d, concurrency=c, headers=auth)
+                r["leads_per_second"] = round(r["rps"] * 100, 1)
+                r["events_per_request"] = sum(len(lead.get("events", []))
+                                              for lead in json.loads(bodies[body].read_text())["leads"])
+                runs[f"leadscore_{name}"] = r
         if args.soak:
             runs["leadscore_soak_c16"] = run_load(ours, "/score", bodies["single"], seconds=args.soak,
                                                   concurrency=16, headers=auth)
     finally:
-        ours.stop()
-
-    # 2. the bare ceilings
-    for name, factory in (("bare_starlette", "make_bare_starlette"), ("bare_fastapi", "make_bare_fastapi")):
-        port = free_port()
-        bare = Process(name, [str(BIN / "uvicorn"), "--factory", f"bench_serving:{factory}",
-                              "--app-dir", str(REPO / "benchmarks"), "--host", "127.0.0.1",
-                              "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                       {**base_env, "BENCH_BOOSTER": str(booster)}, f"http://127.0.0.1:{port}",
-                       "/score", tmp)
-        try:
-            _wait_post(bare)
-            runs[name] = run_load(bare, "/score", bodies["single"], seconds=d, concurrency=c)
-        finally:
-            bare.stop()
+        for p in servers:
+            p.stop()
 
     # 3. mlflow models serve
     if not args.skip_mlflow:
@@ -400,15 +465,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             ml.stop()
 
-    ours_rps = runs["leadscore_single"]["rps"]
-    results["ratios"] = {
-        "leadscore_vs_mlflow": round(ours_rps / runs["mlflow_single"]["rps"], 2)
-        if "mlflow_single" in runs else None,
-        "leadscore_vs_bare_starlette": round(ours_rps / runs["bare_starlette"]["rps"], 3),
-        "leadscore_vs_bare_fastapi": round(ours_rps / runs["bare_fastapi"]["rps"], 3),
-        "leadscore_noreasons_vs_bare_starlette":
-            round(runs["leadscore_single_noreasons"]["rps"] / runs["bare_starlette"]["rps"], 3),
-    }
+    ratios: dict[str, Any] = {}
+    for m in modes:
+        key = _SINGLE_RUNS[m]
+        ratios[f"reasons_{m}"] = {
+            "vs_bare_starlette": round_ratio(runs, key, "bare_starlette"),
+            "vs_bare_fastapi": round_ratio(runs, key, "bare_fastapi"),
+            "vs_mlflow": round(runs[key]["rps"] / runs["mlflow_single"]["rps"], 2)
+            if "mlflow_single" in runs else None,
+        }
+    results["ratios"] = ratios
+    results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     _print(results)
@@ -431,8 +498,9 @@ def _wait_post(p: Process, timeout: float = 60) -> None:
 
 def _print(results: dict[str, Any]) -> None:
     m = results["machine"]
-    print(f"# {m['date']}  {m['cpu']}  {m['cores']} cores  load {m['loadavg']}  "
-          f"trees {results['model']['trees']}  load generator: {m['load_generator']}")
+    print(f"# {m['date']}  {m['cpu']}  {m['cores']} cores  load {m['loadavg']} -> "
+          f"{m.get('loadavg_end')}  trees {results['model']['trees']}  single lead in band "
+          f"{results['model'].get('single_lead_band')}  load generator: {m['load_generator']}")
     print(f"{'configuration':40s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'cpu ms/req':>10s} "
           f"{'non-2xx':>7s} {'errors':>6s}")
     for name, r in results["runs"].items():
@@ -442,7 +510,8 @@ def _print(results: dict[str, Any]) -> None:
         print(f"{name:40s} {r['rps']:9.1f} {lat.get('p50', float('nan')):8.1f} "
               f"{lat.get('p99', float('nan')):8.1f} {r['server_cpu_ms_per_request']:10.3f} "
               f"{r['non_2xx']:7d} {r['errors']:6d}{extra}")
-    print("ratios:", json.dumps(results["ratios"]))
+    for mode, r in results["ratios"].items():
+        print(f"ratios {mode}: " + ", ".join(f"{k} {v}" for k, v in r.items()))
 
 
 if __name__ == "__main__":

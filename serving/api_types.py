@@ -1,7 +1,7 @@
 """Request and response types of the HTTP scoring service, built from ``features/schema.py``.
 
-A request is ``{"leads": [{"contact": {...}, "events": [...], "stages": [...]}, ...],
-"as_of": optional, "reasons": "all" | "top" | "none"}``. The contact carries the columns of
+A request for the event model is ``{"leads": [{"contact": {...}, "events": [...], "stages":
+[...]}, ...], "as_of": optional, "reasons": "all" | "top" | "none"}``. The contact carries the columns of
 :data:`features.schema.CONTACTS`, events those of :data:`~features.schema.EVENTS` and stage
 changes those of :data:`~features.schema.STAGE_CHANGES` (without ``contact_id``: they belong
 to their lead). Types, vocabularies and limits are enforced by pydantic in one pass over the
@@ -13,16 +13,25 @@ OpenAPI document and by clients and tests (the service writes the same JSON dire
 
 :func:`to_columns` turns a validated request into the column arrays the feature kernels
 take (:func:`features.build.lead_feature_columns`).
+
+A model trained on a CRM export (``leadscore train --table``) takes the table's own rows
+instead: ``{"rows": [{column: value, ...}, ...], "reasons": ...}`` (:data:`TABLE_REQUEST`).
+Cells are text, numbers, booleans or null, as exported; :class:`TableSpec` checks the columns
+against the model (unknown and missing columns are named) and :meth:`TableSpec.frame` builds
+the DataFrame that :func:`training.crm.score_table` cleans and scores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import math
 from dataclasses import dataclass
+from operator import itemgetter, methodcaller
 from typing import Annotated, Any, Literal, NotRequired, Optional, Required
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
 from typing_extensions import TypedDict
 
 from features import schema
@@ -37,6 +46,8 @@ MAX_STAGES_PER_LEAD = 200
 MAX_TEXT = 512  # characters of any free-text field
 MAX_ID = 256
 MAX_BODY_BYTES = 32 * 1024 * 1024  # 1,000 leads x 2,000 events would need far more
+MAX_COLUMNS = 1000  # columns of one table row
+MAX_CELL = 4096  # characters of one table cell
 #: Timestamps outside this range are rejected (the kernels work in int64 nanoseconds).
 MIN_TS = dt.datetime(1900, 1, 1)
 MAX_TS = dt.datetime(2200, 1, 1)
@@ -130,6 +141,49 @@ ScoreRequest = _typed_dict(
 #: Validates raw JSON bytes into a :data:`ScoreRequest` dict in one pass.
 SCORE_REQUEST: TypeAdapter = TypeAdapter(ScoreRequest)
 
+def _cell(value: Any) -> Any:
+    """A table cell: text (at most :data:`MAX_CELL` characters), a finite number, a boolean
+    or null."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_CELL:
+            raise ValueError(f"text longer than {MAX_CELL} characters")
+        return value
+    raise ValueError("expected text, a number, a boolean or null")
+
+
+_Cell = Annotated[Any, AfterValidator(_cell), WithJsonSchema({"anyOf": [
+    {"type": "string", "maxLength": MAX_CELL}, {"type": "number"}, {"type": "boolean"},
+    {"type": "null"}]})]
+_ColumnName = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+TableRow = Annotated[
+    dict[_ColumnName, _Cell],
+    Field(min_length=1, max_length=MAX_COLUMNS,
+          description="One row of the CRM export, by the table's own column names (GET /model "
+                      "lists them): text, numbers or booleans as exported, null when empty.",
+          examples=[{"Lead Key": "L-00042", "Source Channel": "Webinar", "Pages Seen": "5",
+                     "Minutes On Site": "12,5", "Industry Sector": None}]),
+]
+TableScoreRequest = _typed_dict(
+    "TableScoreRequest",
+    {
+        "rows": Required[Annotated[list[TableRow], Field(min_length=1, max_length=MAX_LEADS)]],
+        "reasons": NotRequired[ReasonsMode],
+    },
+    "1 to 1,000 rows of a CRM export, for a model trained on that table (`leadscore train "
+    "--table`; GET /model says `input: table`). Every row carries the id column (when the "
+    "dataset names one) and every feature column (null when empty); other columns of the "
+    "table are ignored, columns the table never had are rejected.",
+)
+
+#: Validates raw JSON bytes into a :data:`TableScoreRequest` dict in one pass.
+TABLE_REQUEST: TypeAdapter = TypeAdapter(TableScoreRequest)
+
 
 # -- responses -----------------------------------------------------------------------------
 class Reason(BaseModel):
@@ -156,7 +210,8 @@ class LeadScore(BaseModel):
 
 
 class ScoreResponse(BaseModel):
-    """Scores in request order, and the as-of date they were computed at."""
+    """Scores in request order, and the as-of date they were computed at (for table rows:
+    the scoring time, the rows describing the leads as they are)."""
 
     scores: list[LeadScore]
     as_of: str
@@ -183,11 +238,18 @@ class ModelInfo(BaseModel):
     scorer: Literal["model", "rules"]
     name: str
     version: str
+    input: Literal["events", "table"] = Field(
+        "events", description='the request POST /score takes: "events" {"leads": [...]}, '
+                              '"table" {"rows": [...]} with the columns below')
     band_thresholds: dict[str, Any]
     trained_at: str | None = None
     metrics: dict[str, Any] = {}
     reason: str | None = None
     loaded_at: str | None = None
+    dataset: str | None = Field(None, description="table models: the dataset's name")
+    id_column: str | None = Field(None, description="table models: the id column of each row")
+    columns: list[str] | None = Field(None, description="table models: the feature columns "
+                                                        "each row carries")
 
 
 # -- request -> feature inputs ---------------------------------------------------------------
@@ -235,11 +297,12 @@ def _has_offset(value: str) -> bool:
 def _one_us(value: str) -> int | None:
     """One validated timestamp string as UTC microseconds; None when it is no real date."""
     try:
-        if _has_offset(value):
-            return _us(dt.datetime.fromisoformat(value))
-        return int(np.array([value], dtype="datetime64[us]").view(np.int64)[0])
+        return _us(dt.datetime.fromisoformat(value))
     except (ValueError, OverflowError):
         return None
+
+
+_FEW = 4  # up to this many timestamps, Python's parser beats numpy's call overhead
 
 
 def timestamps_us(values: list[str]) -> tuple[np.ndarray, list[int]]:
@@ -248,12 +311,13 @@ def timestamps_us(values: list[str]) -> tuple[np.ndarray, list[int]]:
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int64), []
-    joined = "|".join(values)
-    if "Z" not in joined and "+" not in joined and joined.count("-") == 2 * n:
-        try:
-            return np.array(values, dtype="datetime64[us]").view(np.int64), []
-        except ValueError:
-            pass
+    if n > _FEW:
+        joined = "|".join(values)
+        if "Z" not in joined and "+" not in joined and joined.count("-") == 2 * n:
+            try:
+                return np.array(values, dtype="datetime64[us]").view(np.int64), []
+            except ValueError:
+                pass
     parsed = [_one_us(v) for v in values]
     bad = [i for i, v in enumerate(parsed) if v is None]
     return np.array([0 if v is None else v for v in parsed], dtype=np.int64), bad
@@ -261,6 +325,8 @@ def timestamps_us(values: list[str]) -> tuple[np.ndarray, list[int]]:
 
 def _check(us: np.ndarray, bad: list[int], where) -> None:
     """RequestError naming the timestamps that are no dates or are out of range."""
+    if not bad and (not len(us) or (us.min() >= _MIN_US and us.max() <= _MAX_US)):
+        return
     errors = [{"field": where(i), "type": "timestamp_parsing", "message": "not a valid date"}
               for i in bad[:10]]
     out = np.flatnonzero((us < _MIN_US) | (us > _MAX_US))
@@ -269,6 +335,22 @@ def _check(us: np.ndarray, bad: list[int], where) -> None:
                for i in out[:10] if int(i) not in bad]
     if errors:
         raise RequestError(errors)
+
+
+def _one_timestamp(value: str, field: str) -> int:
+    """UTC microseconds of one timestamp (RequestError naming ``field`` when unusable)."""
+    us = _one_us(value)
+    if us is not None and _MIN_US <= us <= _MAX_US:
+        return us
+    _check(np.array([us or 0]), [0] if us is None else [], lambda i: field)
+    raise AssertionError("unreachable")  # _check raised
+
+
+_TS = itemgetter("ts")
+_EVENT_TYPE = itemgetter("event_type")
+_STAGE = itemgetter("stage")
+_CAMPAIGN = methodcaller("get", "campaign_id")
+_EMPTY_STAGES: list[Any] = []
 
 
 def to_columns(request: dict[str, Any], *, now: dt.datetime) -> LeadColumns:
@@ -281,45 +363,56 @@ def to_columns(request: dict[str, Any], *, now: dt.datetime) -> LeadColumns:
     """
     leads = request["leads"]
     n = len(leads)
-    if request.get("as_of") is not None:
-        us, bad = timestamps_us([request["as_of"]])
-        _check(us, bad, lambda i: "as_of")
-        as_of_us = int(us[0])
-    else:
-        as_of_us = _us(now)
+    as_of_value = request.get("as_of")
+    as_of_us = _us(now) if as_of_value is None else _one_timestamp(as_of_value, "as_of")
     contacts = [lead["contact"] for lead in leads]
     ids = [c["contact_id"] for c in contacts]
-    columns = {f: np.array([c.get(f) for c in contacts], dtype=object) for f in _CONTACT_FIELDS}
-    created = [c.get("created_at") for c in contacts]
-    has_created = [i for i, v in enumerate(created) if v is not None]
-    created_us = np.full(n, as_of_us, dtype=np.int64)
-    if has_created:
-        us, bad = timestamps_us([created[i] for i in has_created])
-        _check(us, bad, lambda k: f"leads.{has_created[k]}.contact.created_at")
-        created_us[has_created] = us
-
-    ev_counts, ev_ts, ev_type, ev_campaign = [], [], [], []
-    st_counts, st_ts, st_stage = [], [], []
-    for lead in leads:
-        evs = lead.get("events") or ()
-        ev_counts.append(len(evs))
-        ev_ts += [e["ts"] for e in evs]
-        ev_type += [e["event_type"] for e in evs]
-        ev_campaign += [e.get("campaign_id") for e in evs]
-        sts = lead.get("stages") or ()
-        st_counts.append(len(sts))
-        st_ts += [s["ts"] for s in sts]
-        st_stage += [s["stage"] for s in sts]
-    ev_us, bad = timestamps_us(ev_ts)
+    block = np.empty((len(_CONTACT_FIELDS), n), dtype=object)  # one allocation, row views
+    if n == 1:
+        c = contacts[0]
+        block[:, 0] = [c.get(f) for f in _CONTACT_FIELDS]
+        created = c.get("created_at")
+        created_us = np.array([as_of_us if created is None else
+                               _one_timestamp(created, "leads.0.contact.created_at")], dtype=np.int64)
+        evs = leads[0].get("events") or _EMPTY_STAGES
+        sts = leads[0].get("stages") or _EMPTY_STAGES
+        ev_counts, st_counts = [len(evs)], [len(sts)]
+    else:
+        for j, f in enumerate(_CONTACT_FIELDS):
+            block[j] = [c.get(f) for c in contacts]
+        created = [c.get("created_at") for c in contacts]
+        has_created = [i for i, v in enumerate(created) if v is not None]
+        created_us = np.full(n, as_of_us, dtype=np.int64)
+        if has_created:
+            us, bad = timestamps_us([created[i] for i in has_created])
+            _check(us, bad, lambda k: f"leads.{has_created[k]}.contact.created_at")
+            created_us[has_created] = us
+        per_lead = [lead.get("events") or _EMPTY_STAGES for lead in leads]
+        ev_counts = [len(e) for e in per_lead]
+        evs = [e for lead_events in per_lead for e in lead_events]
+        per_lead = [lead.get("stages") or _EMPTY_STAGES for lead in leads]
+        st_counts = [len(s) for s in per_lead]
+        sts = [s for lead_stages in per_lead for s in lead_stages]
+    ev_us, bad = timestamps_us(list(map(_TS, evs)))
     _check(ev_us, bad, lambda k: _nested(ev_counts, k, "events"))
-    st_us, bad = timestamps_us(st_ts)
+    st_us, bad = timestamps_us(list(map(_TS, sts)))
     _check(st_us, bad, lambda k: _nested(st_counts, k, "stages"))
-    rows = np.arange(n, dtype=np.int64)
-    events = encode_event_records(np.repeat(rows, ev_counts), ev_us * 1000, ev_type,
-                                  ev_campaign if any(c is not None for c in ev_campaign) else None, n)
-    stages = encode_stage_records(np.repeat(rows, st_counts), st_us * 1000, st_stage, n)
+    ev_campaign = list(map(_CAMPAIGN, evs))
+    if ev_campaign.count(None) == len(ev_campaign):
+        ev_campaign = None
+    ev_rows = np.zeros(len(evs), dtype=np.int64) if n == 1 else np.repeat(np.arange(n), ev_counts)
+    st_rows = np.zeros(len(sts), dtype=np.int64) if n == 1 else np.repeat(np.arange(n), st_counts)
+    events = encode_event_records(ev_rows, ev_us * 1000, list(map(_EVENT_TYPE, evs)), ev_campaign, n)
+    stages = encode_stage_records(st_rows, st_us * 1000, list(map(_STAGE, sts)), n)
     as_of = _EPOCH + dt.timedelta(microseconds=as_of_us)
-    return LeadColumns(ids, columns, created_us * 1000, events, stages, as_of)
+    return LeadColumns(ids, dict(zip(_CONTACT_FIELDS, block)), created_us * 1000, events, stages, as_of)
+
+
+def _object_array(values: list[Any]) -> np.ndarray:
+    """A 1-d object array of ``values`` (never a 2-d one, whatever the values are)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _nested(counts: list[int], k: int, name: str) -> str:
@@ -328,3 +421,74 @@ def _nested(counts: list[int], k: int, name: str) -> str:
     i = int(np.searchsorted(ends, k, side="right"))
     j = k - (int(ends[i - 1]) if i else 0)
     return f"leads.{i}.{name}.{j}.ts"
+
+
+# -- table rows -> a CRM frame ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TableSpec:
+    """What rows of a CRM table must look like for a model trained on it.
+
+    ``required``: the id column (when the dataset names one) and the feature columns, as the
+    table names them; ``known``: every column the table had when the model was trained (the
+    others are ignored: excluded, post-contact, the target, ...).
+    """
+
+    id_column: str | None
+    features: tuple[str, ...]
+    known: frozenset[str]
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return ((self.id_column,) if self.id_column else ()) + self.features
+
+    @classmethod
+    def from_model(cls, model: Any) -> TableSpec:
+        """The spec of a :class:`training.model.LeadModel` trained by ``train_table``."""
+        from training.crm import table_column
+
+        dataset = model.dataset or {}
+        features = tuple(table_column(c) for c in model.columns)
+        id_column = dataset.get("id_column")
+        target = (dataset.get("target") or {}).get("column")
+        excluded = (getattr(model, "metadata", None) or {}).get("excluded_features") or {}
+        known = {*features, *(c for c in (id_column, target, dataset.get("time_column")) if c),
+                 *dataset.get("exclude", {}), *dataset.get("post_contact", {}),
+                 *(table_column(c) for c in excluded)}
+        return cls(id_column, features, frozenset(known))
+
+    def check(self, rows: list[dict[str, Any]]) -> None:
+        """RequestError naming unknown and missing columns (``rows.3.Lead Source``) and rows
+        without an id; at most 20 errors, never a value."""
+        errors: list[dict[str, str]] = []
+        required = self.required
+        shapes: dict[frozenset[str], tuple[list[str], list[str]]] = {}
+        for i, row in enumerate(rows):
+            keys = frozenset(row)
+            shape = shapes.get(keys)
+            if shape is None:
+                unknown = sorted(keys - self.known)
+                missing = [c for c in required if c not in keys]
+                shape = shapes[keys] = (unknown, missing)
+            for c in shape[0]:
+                close = difflib.get_close_matches(c, sorted(self.known), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                errors.append({"field": f"rows.{i}.{c}", "type": "unknown_column",
+                               "message": f"not a column of the table the model was trained on{hint}"})
+            errors += [{"field": f"rows.{i}.{c}", "type": "missing_column",
+                        "message": "missing column (send null for an empty value)"}
+                       for c in shape[1]]
+            if self.id_column and self.id_column in keys and row[self.id_column] in (None, ""):
+                errors.append({"field": f"rows.{i}.{self.id_column}", "type": "missing_id",
+                               "message": "the id column is empty"})
+            if len(errors) >= 20:
+                break
+        if errors:
+            raise RequestError(errors[:20])
+
+    def frame(self, rows: list[dict[str, Any]]) -> Any:
+        """The rows as a DataFrame of object columns (the id and feature columns only), as
+        :func:`training.crm.score_table` takes raw rows; checked first (:meth:`check`)."""
+        import pandas as pd
+
+        self.check(rows)
+        return pd.DataFrame({c: _object_array([row[c] for row in rows]) for c in self.required})

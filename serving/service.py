@@ -8,38 +8,50 @@ directory, unless ``MLFLOW_TRACKING_URI`` is set). ``bentoml build`` reads ``ben
 Endpoints
 ---------
 ``POST /score``
-    ``{"leads": [{"contact": {...}, "events": [...], "stages": [...]}], "as_of": ...,
-    "reasons": "all"|"top"|"none"}`` -> ``{"scores": [...], "as_of": ...}`` in request order
+    For the event model: ``{"leads": [{"contact": {...}, "events": [...], "stages": [...]}],
+    "as_of": ..., "reasons": "all"|"top"|"none"}``; for a model trained on a CRM export
+    (``leadscore train --table``): ``{"rows": [{column: value, ...}], "reasons": ...}``, the
+    table's own rows. Either answers ``{"scores": [...], "as_of": ...}`` in request order
     (types in :mod:`serving.api_types`). Bad input is a 4xx naming the field.
 ``GET /model``
-    Which scorer answers (name, version, trained_at, metrics, band thresholds).
+    Which scorer answers (name, version, trained_at, metrics, band thresholds) and the
+    ``input`` it takes: ``"events"`` or ``"table"`` (with the id column and feature columns).
 ``POST /reload``
     Load the registry's current champion now (it is also polled every
     ``LEADSCORE_RELOAD_SECONDS``, default 30; 0 turns the poll off).
 ``GET /openapi.json``
-    The OpenAPI 3.1 document of these endpoints (request and response schemas).
+    The OpenAPI 3.1 document of these endpoints (both request shapes, response schemas).
 ``GET /healthz``, ``/livez``, ``/readyz``
     BentoML's: alive; ready once a scorer (model or rules) is loaded.
 
-Design (measured, see ``benchmarks/bench_serving.py``)
-------------------------------------------------------
+Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
+------------------------------------------------------------------------
 * The API is a small Starlette app mounted with ``@bentoml.asgi_app``: BentoML's typed
   ``@bentoml.api`` IO layer rebuilds pydantic schemas per request, and FastAPI's request
-  handling and BentoML's tracing middleware (which these paths skip) cost more than the
-  scoring of a lead. The body is validated from raw bytes in one pydantic pass into plain
-  dicts (:data:`serving.api_types.SCORE_REQUEST`), turned into column arrays
+  handling and BentoML's tracing (which these paths skip) cost more than the scoring of a
+  lead. ``/score`` is a plain ASGI endpoint (:class:`ScoreEndpoint`): the body straight from
+  ``receive``, the answer straight to ``send``. BentoML still wraps the mounted app in its
+  OpenTelemetry (URL check only), timeout (a task and a timer per request) and context
+  middlewares: about 0.1 ms per request together, not switchable by configuration.
+* uvicorn, inside BentoML's worker, uses ``httptools`` and ``uvloop`` when they are installed
+  (``bentofile.yaml`` lists them): about half the HTTP handling cost of ``h11`` + asyncio.
+* An event request is validated from raw bytes in one pydantic pass into plain dicts
+  (:data:`serving.api_types.SCORE_REQUEST`), turned into column arrays
   (:func:`serving.api_types.to_columns`), featurised by the batch kernels
   (:func:`features.build.lead_feature_columns`) and scored by
   :class:`training.fastpath.FastScorer` (the same numbers as ``LeadModel.score``, tested);
-  the answer is written with ``json.dumps``.
-* A single lead's trees (LightGBM's single-row C API; ``pred_contrib`` for the reasons is
-  most of a request's CPU) run in a worker thread with the GIL released, so the event loop
-  parses and featurises the next request meanwhile. Requests of more than 20 leads are
+  the answer is written with ``json.dumps``. Table rows are validated
+  (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
+  (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
+* One lead is scored on the event loop; its reasons (LightGBM ``pred_contrib``) run in a
+  worker thread with the GIL released when they are slow (timed when the model loads), so
+  the loop serves the next request meanwhile. Requests of more than 20 leads or rows are
   scored in a thread; smaller ones inline.
-* Never down: no registered champion, an artifact that does not load, or a prediction
-  that raises -> the rule scorer answers with ``scorer: "rules"``; the event is logged by
-  kind only (no contact data, no request body). A champion promoted later is picked up by
-  the alias poll or ``POST /reload``, without restart.
+* Never down: no registered champion, an artifact that does not load, or a prediction that
+  raises -> the rule scorer answers with ``scorer: "rules"`` (a table model's own
+  scorecard for table rows); the event is logged by kind only (no contact data, no request
+  body). A champion promoted later is picked up by the alias poll or ``POST /reload``,
+  without restart.
 * Access: ``LEADSCORE_API_KEYS`` (comma-separated) turns on ``Authorization: Bearer``
   checks (constant-time compare) for ``/score``, ``/model`` and ``/reload``; without keys
   the service only starts on, and only answers on, a loopback address.
@@ -57,6 +69,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -92,6 +105,7 @@ def parse_api_keys(value: str | None) -> tuple[bytes, ...]:
     return tuple(k.strip().encode() for k in (value or "").split(",") if k.strip())
 
 
+@lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``)."""
     if host.strip().lower() == "localhost":
@@ -148,7 +162,12 @@ def _listening_hosts() -> list[str]:
 
 # -- scorer state ------------------------------------------------------------------------------
 class ScorerState:
-    """The scorer that answers, with its fast path and the rule scorer as the fallback."""
+    """The scorer that answers, with its fast path and the rule scorer as the fallback.
+
+    ``kind`` is the request it takes: ``"events"`` (``{"leads": [...]}``) or ``"table"``
+    (``{"rows": [...]}``, a model trained on a CRM export: ``table`` checks the columns,
+    ``dataset`` cleans the rows for its rule scorer).
+    """
 
     def __init__(self, scorer: Any, rules: Any, loaded_at: str) -> None:
         from training.model import RulesOnly
@@ -156,12 +175,23 @@ class ScorerState:
         self.scorer = scorer
         self.rules = rules if rules is not None else scorer
         self.loaded_at = loaded_at
+        self.kind = getattr(scorer, "input_kind", "events")
         self.fast = None
-        if not isinstance(scorer, RulesOnly):
+        self.table: T.TableSpec | None = None
+        self.dataset = None
+        self.offload_reasons = True
+        if self.kind == "table":
+            from training.crm import DatasetConfig
+
+            self.table = T.TableSpec.from_model(scorer)
+            self.dataset = DatasetConfig.model_validate(scorer.dataset)
+            self.fast = _table_fast_scorer(scorer)
+        elif not isinstance(scorer, RulesOnly):
             try:
                 from training.fastpath import FastScorer
 
                 self.fast = FastScorer(scorer)
+                self.offload_reasons = _explaining_is_slow(self.fast)
             except NotImplementedError as e:
                 log.warning("no fast path for this model (%s); using LeadModel.score", e)
         self.version = None if isinstance(scorer, RulesOnly) else str(scorer.model_version)
@@ -169,9 +199,45 @@ class ScorerState:
 
     def info(self) -> dict[str, Any]:
         out = {**_jsonable(self.scorer.info()), "loaded_at": self.loaded_at}
+        out.setdefault("input", self.kind)
         if self.failed_version is not None:
             out["champion_not_loaded"] = self.failed_version
         return out
+
+
+def _table_fast_scorer(model: Any) -> Any:
+    """The fast path of a table model (its reasons named by the table's own columns, as
+    ``LeadModel.score`` names them); None when its pipeline has no fast path."""
+    try:
+        from training.fastpath import FastScorer
+
+        fast = FastScorer(model)
+        names = model.reason_names or {}
+        fast.names = [names.get(c, c) for c in fast.columns]
+        return fast
+    except Exception as e:  # NotImplementedError: another pipeline shape; score_table answers
+        log.warning("no fast path for this table model (%s); using score_table", type(e).__name__)
+        return None
+
+
+#: A single lead's reasons go to a worker thread when they cost more than this (seconds of
+#: C code that releases the GIL); cheaper ones are computed inline, sparing the thread hop.
+_OFFLOAD_SECONDS = 150e-6
+
+
+def _explaining_is_slow(fast: Any) -> bool:
+    """Whether one lead's contributions take longer than :data:`_OFFLOAD_SECONDS` (timed
+    on a row of zeros, best of five)."""
+    try:
+        row = np.zeros(len(fast.columns))
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fast.contributions_one(row)
+            best = min(best, time.perf_counter() - t0)
+        return best > _OFFLOAD_SECONDS
+    except Exception:  # a fast path without single-row contributions: keep the thread
+        return True
 
 
 def _setup_logging() -> None:
@@ -207,18 +273,20 @@ def openapi_document() -> dict[str, Any]:
     :mod:`serving.api_types`), served at ``GET /openapi.json``."""
     components: dict[str, Any] = {}
 
-    def ref(schema: dict[str, Any]) -> dict[str, Any]:
-        schema = dict(schema)
-        components.update(schema.pop("$defs", {}))
-        return schema
-
     def model_schema(model: Any) -> dict[str, Any]:
         s = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(s.pop("$defs", {}))
         components[model.__name__] = s
         return {"$ref": f"#/components/schemas/{model.__name__}"}
 
-    request = ref(T.SCORE_REQUEST.json_schema(ref_template="#/components/schemas/{model}"))
+    def adapter_schema(name: str, adapter: Any) -> dict[str, Any]:
+        s = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        components.update(s.pop("$defs", {}))
+        components[name] = s
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    request = {"oneOf": [adapter_schema("ScoreRequest", T.SCORE_REQUEST),
+                         adapter_schema("TableScoreRequest", T.TABLE_REQUEST)]}
     error = model_schema(T.ErrorResponse)
 
     def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +298,11 @@ def openapi_document() -> dict[str, Any]:
     paths = {
         "/score": {"post": {
             "operationId": "score", "summary": "Score 1 to 1,000 leads",
-            "description": "Probability, score, band and reasons of each lead, in request order.",
+            "description": "Probability, score, band and reasons of each lead, in request order. "
+                           "The body is a ScoreRequest (contacts with their events) for the event "
+                           "model, or a TableScoreRequest (rows of a CRM export, by its own column "
+                           "names) for a model trained on that table: GET /model says which "
+                           "(`input`), and lists a table model's columns.",
             "requestBody": {"required": True, "content": {_JSON: {"schema": request}}},
             "responses": {"200": answer("Scores in request order", model_schema(T.ScoreResponse)),
                           "400": answer("The body is not JSON", error),
@@ -238,7 +310,8 @@ def openapi_document() -> dict[str, Any]:
                           "422": answer("Invalid request (fields named in detail)", error), **auth},
         }},
         "/model": {"get": {"operationId": "model", "summary": "The scorer that answers",
-                           "responses": {"200": answer("Scorer, version, thresholds", info), **auth}}},
+                           "responses": {"200": answer("Scorer, version, thresholds, input", info),
+                                         **auth}}},
         "/reload": {"post": {"operationId": "reload", "summary": "Load the registry's champion now",
                              "responses": {"200": answer("The scorer after the reload", info), **auth}}},
     }
@@ -274,39 +347,83 @@ def _validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
-async def score(request: Request) -> Response:
-    """``POST /score``: probability, score, band and reasons of each lead, in request order."""
-    svc = _service()
-    denied = svc.deny(request)
-    if denied is not None:
-        return denied
-    body = await _read_body(request, svc.max_body)
-    if isinstance(body, Response):
-        return body
-    try:
-        payload = T.SCORE_REQUEST.validate_json(body)
-    except ValidationError as e:
-        details = _validation_details(e)
-        if any(d["type"] == "json_invalid" for d in details):
-            return _error(400, "the body is not valid JSON",
-                          [{"field": "body", "message": d["message"], "type": d["type"]}
-                           for d in details])
-        return _error(422, "invalid request", details)
-    state = svc._state or await svc.wait_state()
-    n = len(payload["leads"])
-    if n == 1:
-        result = await svc.score_one(payload, state)
-    elif n <= _INLINE_MAX_LEADS:
-        result = svc.score_payload(payload, state)
-    else:
-        result = await asyncio.to_thread(svc.score_payload, payload, state)
-    if isinstance(result, Response):
-        return result
-    return Response(result, media_type=_JSON)
+_SHAPES = {"events": ("leads", '{"leads": [{"contact": {...}, "events": [...]}]}'),
+           "table": ("rows", '{"rows": [{column: value, ...}]} with the columns GET /model lists')}
+
+
+def _invalid(exc: ValidationError, kind: str) -> Response:
+    """The 400 (not JSON) or 422 answer to a body that failed validation."""
+    details = _validation_details(exc)
+    if any(d["type"] == "json_invalid" for d in details):
+        return _error(400, "the body is not valid JSON",
+                      [{"field": "body", "message": d["message"], "type": d["type"]} for d in details])
+    error = "invalid request"
+    other = "table" if kind == "events" else "events"
+    if any(d["field"] == _SHAPES[other][0] and d["type"] == "extra_forbidden" for d in details):
+        error = (f"the model that answers takes {kind} input: send {_SHAPES[kind][1]} "
+                 f"(a {_SHAPES[other][0]!r} body is for a model of {other} input)")
+    return _error(422, error, details)
+
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def _send_json(send: Any, body: bytes, status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ScoreEndpoint:
+    """``POST /score`` as a plain ASGI app: the body straight from ``receive``, the answer
+    straight to ``send`` (no Request/Response objects on the success path)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        svc = _service()
+        result = await self.handle(svc, scope, receive)
+        if isinstance(result, bytes):
+            await _send_json(send, result)
+        else:
+            await result(scope, receive, send)
+
+    async def handle(self, svc: LeadScoringService, scope: dict[str, Any], receive: Any
+                     ) -> bytes | Response:
+        authorization = length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                length = value
+        denied = svc.check_access(authorization, scope.get("server"))
+        if denied is not None:
+            return denied
+        body = await _receive_body(receive, svc.max_body, length)
+        if not isinstance(body, bytes):
+            return body
+        state = svc._state or await svc.wait_state()
+        if state.kind == "table":
+            try:
+                payload = T.TABLE_REQUEST.validate_json(body)
+            except ValidationError as e:
+                return _invalid(e, "table")
+            if len(payload["rows"]) <= _INLINE_MAX_LEADS:
+                return svc.score_rows(payload, state)
+            return await asyncio.to_thread(svc.score_rows, payload, state)
+        try:
+            payload = T.SCORE_REQUEST.validate_json(body)
+        except ValidationError as e:
+            return _invalid(e, "events")
+        n = len(payload["leads"])
+        if n == 1:
+            return await svc.score_one(payload, state)
+        if n <= _INLINE_MAX_LEADS:
+            return svc.score_payload(payload, state)
+        return await asyncio.to_thread(svc.score_payload, payload, state)
 
 
 async def model(request: Request) -> Response:
-    """``GET /model``: name, version, training date, metrics and band thresholds."""
+    """``GET /model``: name, version, training date, metrics, band thresholds and the input
+    it takes (a table model: its id column and feature columns)."""
     svc = _service()
     denied = svc.deny(request)
     if denied is not None:
@@ -336,35 +453,50 @@ def _OPENAPI_JSON() -> bytes:
     return json.dumps(openapi_document()).encode()
 
 
+_current_service = bentoml.get_current_service  # bound once: a module attribute look-up less
+
+
 def _service() -> LeadScoringService:
-    return bentoml.get_current_service()
+    return _current_service()
 
 
 api = Starlette(routes=[
-    Route("/score", score, methods=["POST"]),
+    Route("/score", ScoreEndpoint(), methods=["POST"]),
     Route("/model", model, methods=["GET"]),
     Route("/reload", reload, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ])
 
 
-async def _read_body(request: Request, limit: int) -> bytes | Response:
-    """The body, or a 413 as soon as it exceeds ``limit`` bytes."""
-    too_large = _error(413, f"body larger than {limit} bytes",
-                       [{"field": "body", "message": f"at most {limit} bytes", "type": "too_large"}])
-    length = request.headers.get("content-length")
+def _too_large(limit: int) -> Response:
+    return _error(413, f"body larger than {limit} bytes",
+                  [{"field": "body", "message": f"at most {limit} bytes", "type": "too_large"}])
+
+
+async def _receive_body(receive: Any, limit: int, length: bytes | None) -> bytes | Response:
+    """The request body from the ASGI ``receive`` channel, or a 413 as soon as it exceeds
+    ``limit`` bytes (a 400 for a malformed ``Content-Length``)."""
     if length is not None:
         try:
             if int(length) > limit:
-                return too_large
+                return _too_large(limit)
         except ValueError:
             return _error(400, "invalid Content-Length header",
                           [{"field": "content-length", "message": "not an integer", "type": "header"}])
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= limit else _too_large(limit)
+    chunks, size = [body], len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return _error(400, "the client disconnected", [{"field": "body", "message": "incomplete",
+                                                            "type": "disconnect"}])
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return too_large
+            return _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -457,6 +589,7 @@ class LeadScoringService:
         new champion's artifact does not load, the model that answers keeps answering (the
         failure is logged and shown by ``GET /model``). Without any model, the rules answer.
         """
+        from training.model import RulesOnly
         from training.registry import load_scorer
         from training.rules import RuleScorer
 
@@ -471,7 +604,14 @@ class LeadScoringService:
             rules = current.rules if current is not None else None
             scorer = load_scorer(self.model_uri, num_threads=1,
                                  rules=rules.rules if rules is not None else RuleScorer())
-            state = ScorerState(scorer, None, _iso(_now()))
+            try:
+                state = ScorerState(scorer, None, _iso(_now()))
+            except Exception as e:  # e.g. a table model whose dataset config is unreadable
+                log.warning("the loaded model is unusable (%s): falling back to the rule scorer",
+                            type(e).__name__)
+                state = ScorerState(RulesOnly(rules.rules if rules is not None else RuleScorer(),
+                                              reason=f"model unusable ({type(e).__name__})"),
+                                    None, _iso(_now()))
             if state.version is None and version is not None:
                 self._failed_version = version
                 if serving_model:
@@ -481,7 +621,7 @@ class LeadScoringService:
                     return current
             elif state.version is not None:
                 self._failed_version = None
-            state.rules = _rules_of(scorer, rules)
+            state.rules = _rules_of(state.scorer, rules)
             self._state = state
             info = state.info()
             log.info("scorer loaded: %s %s version %s in %.1fs", info["scorer"], info["name"],
@@ -501,13 +641,17 @@ class LeadScoringService:
     # -- access --------------------------------------------------------------------------------
     def deny(self, request: Request) -> Response | None:
         """None when the request may go on; else the 401/403 answer."""
+        return self.check_access(request.headers.get("authorization"), request.scope.get("server"))
+
+    def check_access(self, authorization: str | None, server: Any) -> Response | None:
+        """None when a request with this ``Authorization`` header, received on the ``server``
+        address, may go on; else the 401/403 answer."""
         if self.keys:
-            if authorized(request.headers.get("authorization"), self.keys):
+            if authorized(authorization, self.keys):
                 return None
             return _error(401, "missing or invalid API key",
                           [{"field": "authorization", "message": "expected 'Bearer <key>'",
                             "type": "auth"}], headers={"WWW-Authenticate": "Bearer"})
-        server = request.scope.get("server")
         if server and not is_loopback(str(server[0])):
             return _error(403, "API keys are required off loopback",
                           [{"field": "authorization", "message": "set LEADSCORE_API_KEYS",
@@ -549,8 +693,9 @@ class LeadScoringService:
         return self.answer(state, cols, features, now, mode, scores)
 
     async def score_one(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
-        """One lead: Python work on the event loop, the trees (C, GIL released) in a thread,
-        so the loop serves the next request meanwhile."""
+        """One lead: Python work and the prediction on the event loop; the reasons' trees (C,
+        GIL released) in a thread when they are slow (:func:`_explaining_is_slow`), so the
+        loop serves the next request meanwhile."""
         prepared = self.featurise(payload, state)
         if isinstance(prepared, Response):
             return prepared
@@ -560,15 +705,13 @@ class LeadScoringService:
         if fast is not None:
             try:
                 row = fast.encoder.row(features)
-                loop = asyncio.get_running_loop()
-                if mode == "all":
-                    raw, contributions = await loop.run_in_executor(
-                        self._trees, fast.predict_and_explain_one, row)
-                else:
-                    raw, contributions = fast.predict_one(row), None
-                    if fast.explains(raw, _REASONS[mode]):
-                        contributions = await loop.run_in_executor(
+                raw, contributions = fast.predict_one(row), None
+                if fast.explains(raw, _REASONS[mode]):
+                    if state.offload_reasons:
+                        contributions = await asyncio.get_running_loop().run_in_executor(
                             self._trees, fast.contributions_one, row)
+                    else:
+                        contributions = fast.contributions_one(row)
                 scores = [fast.finish_one(features, cols.contact_ids[0], _iso(now), raw,
                                           contributions)]
             except Exception as e:
@@ -591,7 +734,33 @@ class LeadScoringService:
                 log.error("rule scoring failed (%s)", type(e).__name__)
                 return _error(422, "the leads could not be scored",
                               [{"field": "leads", "message": type(e).__name__, "type": "scoring"}])
-        return json.dumps({"scores": scores, "as_of": _iso(cols.as_of)}, allow_nan=False).encode()
+        return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
+
+    def score_rows(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
+        """Score validated CRM table rows (a table model's request) with
+        :func:`training.crm.score_table`; the model's own rule scorer answers when it fails."""
+        now = _now()
+        scored_at = _iso(now)
+        try:
+            frame = state.table.frame(payload["rows"])
+        except T.RequestError as e:
+            return _error(422, "invalid request", e.errors)
+        mode = payload.get("reasons", "all")
+        scores = None
+        if state.version is not None:
+            try:
+                scores = _score_rows_fast(state, frame, scored_at, mode) if state.fast is not None \
+                    else _score_rows(state.scorer, frame, now, scored_at, mode, None)
+            except Exception as e:
+                log.error("model scoring failed (%s); the rule scorer answers", type(e).__name__)
+        if scores is None:
+            try:
+                scores = _score_rows(state.rules, frame, now, scored_at, mode, state.dataset)
+            except Exception as e:
+                log.error("rule scoring failed (%s)", type(e).__name__)
+                return _error(422, "the rows could not be scored",
+                              [{"field": "rows", "message": type(e).__name__, "type": "scoring"}])
+        return _dumps({"scores": scores, "as_of": scored_at})
 
 
 def _loading_state() -> ScorerState:
@@ -635,6 +804,45 @@ def _score_frame(scorer: Any, features: dict[str, np.ndarray], cols: T.LeadColum
     else:
         mask = mode == "all"
     out = scorer.score(frame, scored_at=pd.Timestamp(cols.as_of), reasons=mask)
+    return _outputs(out, scored_at)
+
+
+def _score_rows(scorer: Any, frame: Any, now: dt.datetime, scored_at: str, mode: str,
+                dataset: Any) -> list[dict[str, Any]]:
+    """Score raw CRM table rows with :func:`training.crm.score_table` (``dataset``: the
+    config that cleans them for a rule scorer)."""
+    import pandas as pd
+
+    from training.crm import score_table
+
+    at = pd.Timestamp(now)
+    if mode == "top":
+        first = score_table(scorer, frame, dataset=dataset, scored_at=at, reasons=False)
+        mask: bool | np.ndarray = first["band"].isin(list(_TOP_BANDS)).to_numpy()
+        out = score_table(scorer, frame, dataset=dataset, scored_at=at, reasons=mask) \
+            if mask.any() else first
+    else:
+        out = score_table(scorer, frame, dataset=dataset, scored_at=at, reasons=mode == "all")
+    return _outputs(out, scored_at)
+
+
+def _score_rows_fast(state: ScorerState, frame: Any, scored_at: str, mode: str
+                     ) -> list[dict[str, Any]]:
+    """:func:`_score_rows` through the fast scorer: the rows cleaned by the model's dataset
+    config (:func:`training.crm.table_features`, as ``score_table``), then the same encoder,
+    booster, calibrator, scale and reasons without pandas (same numbers, tested)."""
+    from training.crm import table_column, table_features
+
+    model = state.scorer
+    feats = table_features(frame, state.dataset, [table_column(c) for c in model.categorical],
+                           [table_column(c) for c in model.numeric])
+    columns = {c: feats[c].to_numpy() for c in model.columns}
+    ids = [str(i) for i in feats["contact_id"].tolist()]
+    return state.fast.score_columns(columns, ids, scored_at=scored_at, reasons=_REASONS[mode])
+
+
+def _outputs(out: Any, scored_at: str) -> list[dict[str, Any]]:
+    """The output dicts of a scorer's output DataFrame (``features.schema.OUTPUT_COLUMNS``)."""
     return [
         {"contact_id": str(r.contact_id), "probability": float(r.probability), "score": int(r.score),
          "band": str(r.band), "reasons": _jsonable(r.reasons), "scorer": str(r.scorer),
@@ -642,6 +850,25 @@ def _score_frame(scorer: Any, features: dict[str, np.ndarray], cols: T.LeadColum
          "scored_at": scored_at}
         for r in out.itertuples(index=False)
     ]
+
+
+def _dumps(answer: dict[str, Any]) -> bytes:
+    """Strict JSON of an answer; a non-finite number anywhere (a reason's value) becomes null
+    rather than an invalid token or a 500."""
+    try:
+        return json.dumps(answer, allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(answer), allow_nan=False).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 # -- leadscore serve -----------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Fixtures of the service tests: one small trained model per session, MLflow stores that hold
-it, and real ``bentoml serve`` processes on free loopback ports."""
+it, and real ``bentoml serve`` processes on free loopback ports; for CRM tables, a model
+trained on a small hand-made export (and on the X Education file where it is present),
+logged as ``leadscore train --table`` logs it, and the services that answer with it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+X_EDUCATION = REPO.parent / "shared" / "data" / "x-education-leads" / "Leads.csv"
+X_EDUCATION_CONFIG = REPO / "conf" / "datasets" / "x_education.yaml"
+#: Quick table training for tests (the defaults take minutes on the X Education file).
+FAST_TABLE_TRAINING = {"lgbm_params": {"learning_rate": 0.1}, "num_boost_round": 300,
+                       "early_stopping_rounds": 30, "gate": {"min_train_positives": 50}}
 API_KEY = "test-key-1"
 API_KEYS = f"{API_KEY}, test-key-2"
 MAX_BODY = 1_000_000  # bytes, small enough to test the 413 cheaply
@@ -236,6 +243,116 @@ def server(servers: dict[str, Server]) -> Server:
     """The service with the trained champion and API keys."""
     wait_ready(servers["main"])
     return servers["main"]
+
+
+# -- CRM tables ---------------------------------------------------------------------------------
+def crm_export(n: int = 1500, seed: int = 4):
+    """A shop's one-row-per-lead CRM export, every cell as text as a CSV reader gives it:
+    its own column names, decimal commas, a placeholder, personal data, a post-contact column."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    channel = rng.choice(["Webinar", "Partner referral", "Cold list", "Search ad"], n, p=[.2, .15, .35, .3])
+    pages = rng.poisson(4, n)
+    minutes = np.round(rng.gamma(2.0, 6.0, n), 1)
+    sector = rng.choice(["Retail", "Finance", "Health", "-- select --"], n, p=[.35, .3, .2, .15])
+    logit = (-1.5 + pd.Series(channel).map({"Webinar": .8, "Partner referral": 1.5, "Cold list": -1.2,
+                                            "Search ad": 0.0}).to_numpy()
+             + 0.25 * pages + 0.7 * (sector == "Finance") + 1.0 * (np.abs(minutes - 12) < 5))
+    won = rng.random(n) < 1 / (1 + np.exp(-logit))
+    minutes_text = np.array([f"{m:.1f}".replace(".", ",") for m in minutes], dtype=object)
+    minutes_text[rng.random(n) < 0.05] = None  # an empty cell
+    return pd.DataFrame({
+        "Lead Key": [f"L-{i:05d}" for i in range(n)],
+        "E-mail Address": [f"lead{i}@example.com" for i in range(n)],
+        "Source Channel": channel,
+        "Pages Seen": pages.astype(str),
+        "Minutes On Site": minutes_text,
+        "Industry Sector": sector,
+        "Deal Stage": np.where(won, "Negotiation", rng.choice(["Nurture", "Closed lost"], n)),
+        "Outcome": np.where(won, "Won", "Lost"),
+    })
+
+
+SHOP_DATASET = {
+    "name": "shop",
+    "id_column": "Lead Key",
+    "target": {"column": "Outcome", "positive": "Won"},
+    "separator": ";",
+    "decimal": ",",
+    "placeholders": ["-- select --"],
+    "exclude": {"E-mail Address": "personal data"},
+    "post_contact": {"Deal Stage": "set by sales after the first call"},
+    "cross_fit_folds": 0,
+    "training": FAST_TABLE_TRAINING,
+}
+
+
+@dataclass
+class Table:
+    """A model trained on a CRM table, the rows it was read from and its MLflow store."""
+
+    frame: object  # pandas.DataFrame, as training.crm.read_table gives it
+    model: object  # training.model.LeadModel (input_kind "table")
+    store: Path
+    version: str
+
+
+def train_and_register_table(table: Path, dataset: dict, store: Path) -> Table:
+    """Train on ``table`` as ``leadscore train --table`` does (``train_table``, then
+    ``log_table_run``: run, signature, dataset config, registration, gate) into the SQLite
+    store in ``store``; the version is made champion if the gate kept it a challenger."""
+    from training.crm import log_table_run, parse_dataset_config, read_table, train_table
+    from training.tracking import configure_tracking, promote
+
+    config = parse_dataset_config(dataset)
+    frame = read_table(table, config)
+    trained = train_table(frame, config)
+    configure_tracking(store)
+    summary = log_table_run(trained, frame, source=str(table))
+    if not summary["promoted"]:
+        promote(str(summary["version"]))
+    return Table(frame, trained.model, store, str(summary["version"]))
+
+
+@pytest.fixture(scope="session")
+def shop_table(session_dir: Path, clean_env: None) -> Table:
+    """The hand-made export (';'-separated CSV) and a model trained on it, champion of its store."""
+    path = session_dir / "shop.csv"
+    crm_export().to_csv(path, sep=";", index=False)
+    return train_and_register_table(path, SHOP_DATASET, session_dir / "shop-store")
+
+
+@pytest.fixture(scope="session")
+def x_education_table(session_dir: Path, clean_env: None) -> Table | None:
+    """The X Education file with the project's dataset config (quick training settings); None
+    where the file is absent (its licence is unknown: it is never copied into the repo)."""
+    import yaml
+
+    if not X_EDUCATION.exists():
+        return None
+    dataset = yaml.safe_load(X_EDUCATION_CONFIG.read_text())
+    dataset.update(cross_fit_folds=0, training=FAST_TABLE_TRAINING)
+    return train_and_register_table(X_EDUCATION, dataset, session_dir / "x-education-store")
+
+
+@pytest.fixture(scope="session")
+def table_servers(shop_table: Table, x_education_table: Table | None, session_dir: Path
+                  ) -> Iterator[dict[str, Server]]:
+    """Services whose champion is a table model, started side by side: ``shop`` (API keys
+    off, loopback) and, where the file is present, ``x-education``."""
+    started = {"shop": launch_server(shop_table.store, session_dir)}
+    if x_education_table is not None:
+        started["x-education"] = launch_server(x_education_table.store, session_dir)
+    try:
+        for srv in started.values():
+            wait_up(srv)
+            wait_ready(srv)
+        yield started
+    finally:
+        for srv in started.values():
+            stop_server(srv)
 
 
 @dataclass

@@ -477,3 +477,181 @@ def test_cli_refuses_a_public_address_without_keys(empty_store):
     r = subprocess.run([leadscore, "serve", "--host", "0.0.0.0", "--port", "9", "--workdir",
                         str(empty_store)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "LEADSCORE_API_KEYS" in r.stdout + r.stderr
+
+
+# -- CRM table models (issue #7): rows of the export over HTTP ---------------------------------------
+def table_rows(frame: pd.DataFrame, columns: list[str] | None = None) -> list[dict]:
+    """Rows of a table as read (``training.crm.read_table``) in the JSON a CRM would send:
+    text cells as text, empty cells as null."""
+    frame = frame if columns is None else frame[columns]
+    return [{k: _value(v) for k, v in r.items()} for r in frame.to_dict("records")]
+
+
+def _same_as_score_table(scores: list[dict], want: pd.DataFrame) -> None:
+    assert [s["contact_id"] for s in scores] == want["contact_id"].astype(str).tolist()
+    assert [s["probability"] for s in scores] == want["probability"].tolist()
+    assert [s["score"] for s in scores] == want["score"].tolist()
+    assert [s["band"] for s in scores] == want["band"].tolist()
+    assert [s["reasons"] for s in scores] == [json.loads(json.dumps(x)) for x in want["reasons"]]
+
+
+def test_table_rows_are_checked_against_the_model_columns(shop_table):
+    """No server: unknown columns (with a hint), missing columns and empty ids are named;
+    the table's other columns (excluded, post-contact, target) are accepted and ignored."""
+    spec = T.TableSpec.from_model(shop_table.model)
+    assert spec.id_column == "Lead Key"
+    assert set(spec.features) == {"Source Channel", "Pages Seen", "Minutes On Site", "Industry Sector"}
+    assert {"E-mail Address", "Deal Stage", "Outcome"} <= spec.known
+    rows = table_rows(shop_table.frame.head(3))  # every column of the export
+    frame = spec.frame(rows)
+    assert list(frame.columns) == list(spec.required) and len(frame) == 3
+    bad = [dict(rows[0], **{"Source Chanel": "Webinar"}),
+           {k: v for k, v in rows[1].items() if k != "Pages Seen"},
+           dict(rows[2], **{"Lead Key": None})]
+    with pytest.raises(T.RequestError) as e:
+        spec.frame(bad)
+    errors = {(d["field"], d["type"]): d["message"] for d in e.value.errors}
+    assert "did you mean 'Source Channel'" in errors[("rows.0.Source Chanel", "unknown_column")]
+    assert ("rows.1.Pages Seen", "missing_column") in errors
+    assert ("rows.2.Lead Key", "missing_id") in errors
+
+
+def test_table_fast_path_answers_what_score_table_answers(shop_table):
+    """No server: the service's fast path for table rows (the model's dataset cleaning, then
+    the fast scorer with the table's own reason names) against ``score_table``, every mode."""
+    from serving.service import ScorerState, _score_rows, _score_rows_fast
+
+    model = shop_table.model
+    state = ScorerState(model, None, "now")
+    assert state.fast is not None
+    rows = table_rows(shop_table.frame.iloc[100:160])
+    frame = state.table.frame(rows)
+    now = dt.datetime(2026, 1, 1)
+    for mode in ("all", "top", "none"):
+        for part in (frame.iloc[:1], frame):
+            fast = _score_rows_fast(state, part.reset_index(drop=True), "t", mode)
+            slow = _score_rows(model, part.reset_index(drop=True), now, "t", mode, None)
+            assert json.loads(json.dumps(fast)) == json.loads(json.dumps(slow)), mode
+
+
+def test_a_failing_table_model_is_answered_by_its_own_rules(shop_table, monkeypatch):
+    """Fault injection: the table model raises -> 200 with its table scorecard, scorer "rules"."""
+    from serving.service import LeadScoringService, ScorerState, _rules_of
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(shop_table.store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    model = shop_table.model
+    state = ScorerState(model, None, "now")
+    state.rules = _rules_of(model, None)
+    assert state.kind == "table" and state.info()["input"] == "table"
+
+    def boom(*args, **kwargs):
+        raise FloatingPointError("injected")
+
+    monkeypatch.setattr(model, "score", boom)  # score_table's path
+    assert state.fast is not None  # the fast path of a table model
+    monkeypatch.setattr(state.fast, "score_columns", boom)
+    rows = table_rows(shop_table.frame.head(4))
+    payload = T.TABLE_REQUEST.validate_json(json.dumps({"rows": rows}))
+    out = json.loads(svc.score_rows(payload, state))
+    assert [s["contact_id"] for s in out["scores"]] == [r["Lead Key"] for r in rows]
+    assert {s["scorer"] for s in out["scores"]} == {"rules"}
+    assert all(0 <= s["probability"] <= 1 and s["reasons"] for s in out["scores"])
+    assert svc._ready.wait(120)
+
+
+@pytest.mark.slow
+def test_table_model_serves_rows_like_score_table(table_servers, shop_table):
+    """The champion is a table model: GET /model says so and lists the columns; POST /score
+    takes the export's rows and answers what ``score_table`` gives on the same rows."""
+    from training.crm import score_table
+    from training.registry import load_scorer
+    from training.tracking import configure_tracking
+
+    srv = table_servers["shop"]
+    frame = shop_table.frame.sample(30, random_state=2)
+    with srv.client() as c:
+        info = c.get("/model").json()
+        full = c.post("/score", json={"rows": table_rows(frame)})  # every column of the export
+        lean = c.post("/score", json={"rows": table_rows(frame, ["Lead Key", *info["columns"]])})
+        top = c.post("/score", json={"rows": table_rows(frame), "reasons": "top"}).json()["scores"]
+        none = c.post("/score", json={"rows": table_rows(frame), "reasons": "none"}).json()["scores"]
+        one = c.post("/score", json={"rows": table_rows(frame.head(1))}).json()["scores"][0]
+    assert info["input"] == "table" and info["id_column"] == "Lead Key"
+    assert info["version"] == shop_table.version and info["dataset"] == "shop"
+    assert sorted(info["columns"]) == sorted(["Source Channel", "Pages Seen", "Minutes On Site",
+                                              "Industry Sector"])
+    assert full.status_code == 200, full.text
+    scores = full.json()["scores"]
+    assert lean.json()["scores"] == [dict(s, scored_at=x["scored_at"])
+                                     for s, x in zip(scores, lean.json()["scores"])]
+    assert list(scores[0]) == list(schema.OUTPUT_COLUMNS)
+    assert {s["scorer"] for s in scores} == {"model"} and {s["model_version"] for s in scores} == {
+        shop_table.version}
+
+    configure_tracking(shop_table.store)  # the store the server reads
+    model = load_scorer(num_threads=1)
+    want = score_table(model, frame, scored_at=pd.Timestamp.now())
+    _same_as_score_table(scores, want)
+    assert one == dict(scores[0], scored_at=one["scored_at"])
+    assert [s["probability"] for s in none] == [s["probability"] for s in scores]
+    assert all(s["reasons"] == [] for s in none)
+    assert all(bool(s["reasons"]) == (s["band"] in ("A", "B")) for s in top)
+    assert [s["reasons"] for s in top if s["reasons"]] == [
+        s["reasons"] for s in scores if s["band"] in ("A", "B")]
+
+
+@pytest.mark.slow
+def test_table_rows_over_http_are_validated(table_servers, server, shop_table):
+    srv = table_servers["shop"]
+    row = table_rows(shop_table.frame.head(1))[0]
+    cases = {
+        "unknown column": ([dict(row, **{"Source Chanel": "x"})], "rows.0.Source Chanel"),
+        "missing column": ([{k: v for k, v in row.items() if k != "Pages Seen"}], "rows.0.Pages Seen"),
+        "missing id": ([{k: v for k, v in row.items() if k != "Lead Key"}], "rows.0.Lead Key"),
+        "nested value": ([dict(row, **{"Pages Seen": {"n": 3}})], "rows.0.Pages Seen"),
+        "no rows": ([], "rows"),
+    }
+    with srv.client() as c:
+        for case, (rows, field) in cases.items():
+            r = c.post("/score", json={"rows": rows})
+            assert r.status_code == 422, (case, r.text)
+            assert field in [d["field"] for d in r.json()["detail"]], (case, r.text)
+            assert "L-0" not in r.text  # values are never echoed
+        r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))  # event-model body
+        assert r.status_code == 422 and "takes table input" in r.json()["error"]
+        assert {"rows", "leads"} <= {d["field"] for d in r.json()["detail"]}
+        schema_ = c.get("/openapi.json").json()
+    refs = [s["$ref"] for s in schema_["paths"]["/score"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["oneOf"]]
+    assert refs == ["#/components/schemas/ScoreRequest", "#/components/schemas/TableScoreRequest"]
+    assert "rows" in schema_["components"]["schemas"]["TableScoreRequest"]["properties"]
+    with server.client() as c:  # the event model refuses table rows, naming the field
+        r = c.post("/score", json={"rows": [row]})
+        assert r.status_code == 422 and "takes events input" in r.json()["error"]
+        assert "rows" in [d["field"] for d in r.json()["detail"]]
+
+
+@pytest.mark.slow
+def test_x_education_rows_over_http(table_servers, x_education_table):
+    """The X Education export (where present): raw rows of the file, every column, scored
+    over HTTP as ``score_table`` scores them."""
+    if x_education_table is None:
+        pytest.skip("X Education file absent (../shared/data/x-education-leads/Leads.csv); its "
+                    "licence is unknown, so it is not in the repository")
+    from training.crm import score_table
+    from training.registry import load_scorer
+    from training.tracking import configure_tracking
+
+    srv = table_servers["x-education"]
+    frame = x_education_table.frame.sample(60, random_state=5)
+    with srv.client() as c:
+        info = c.get("/model").json()
+        r = c.post("/score", json={"rows": table_rows(frame)})
+    assert info["input"] == "table" and info["id_column"] == "Prospect ID"
+    assert "Tags" not in info["columns"] and "Lead Number" not in info["columns"]
+    assert r.status_code == 200, r.text
+    configure_tracking(x_education_table.store)
+    want = score_table(load_scorer(num_threads=1), frame, scored_at=pd.Timestamp.now())
+    _same_as_score_table(r.json()["scores"], want)
