@@ -214,7 +214,7 @@ def _email_quality(emails: np.ndarray | None, n: int) -> np.ndarray:
     from features import hygiene
 
     if n <= _SCALAR_MAX and all(v is None or (isinstance(v, str) and v.isascii()) for v in emails):
-        return np.array([_email_quality_one(v, hygiene) for v in emails], dtype=object)
+        return np.array([_email_quality_cached(v) for v in emails], dtype=object).reshape(n)
     return hygiene.email_quality(pd.Series(emails, dtype=object)).to_numpy(dtype=object)
 
 
@@ -229,9 +229,9 @@ def _has_phone(phones: np.ndarray | None, countries: np.ndarray | None, n: int,
                                             for c in countries)
     if n <= _SCALAR_MAX and countries_ok and all(v is None or (isinstance(v, str) and v.isascii())
                                             for v in phones):
-        region = [_phone_region(None if countries is None else c, config, hygiene)
-                  for c in (countries if countries is not None else [None] * n)]
-        return np.array([_phone_valid_one(p, r, hygiene) for p, r in zip(phones, region)],
+        default = config.default_phone_region
+        region = [_region_cached(c, default) for c in (countries if countries is not None else [None] * n)]
+        return np.array([_phone_valid_cached(p, r) for p, r in zip(phones, region)],
                         dtype="int8").reshape(n)
     c = None if countries is None else pd.Series(countries, dtype=object)
     valid = hygiene.phone_valid(pd.Series(phones, dtype=object), c,
@@ -316,6 +316,35 @@ def _phone_valid_one(phone: str | None, region: str | None, hygiene: Any) -> boo
         return phonenumbers.is_valid_number(phonenumbers.parse(text, region))
     except phonenumbers.NumberParseException:
         return False
+
+
+# Verdicts of values seen recently (a CRM re-sends the same lead as it moves): bounded
+# caches in memory, keyed by the raw value; values are never logged.
+_HYGIENE_CACHE = 16_384
+
+
+@lru_cache(maxsize=_HYGIENE_CACHE)
+def _email_quality_cached(email: str | None) -> str:
+    """:func:`_email_quality_one`, remembered (the domain lists are loaded once)."""
+    from features import hygiene
+
+    return _email_quality_one(email, hygiene)
+
+
+@lru_cache(maxsize=1024)
+def _region_cached(country: str | None, default_region: str | None) -> str | None:
+    """:func:`_phone_region` of a country with this default region, remembered."""
+    from features import hygiene
+
+    return _phone_region(country, FeatureConfig(default_phone_region=default_region), hygiene)
+
+
+@lru_cache(maxsize=_HYGIENE_CACHE)
+def _phone_valid_cached(phone: str | None, region: str | None) -> bool:
+    """:func:`_phone_valid_one`, remembered."""
+    from features import hygiene
+
+    return _phone_valid_one(phone, region, hygiene)
 
 
 def build_features(
