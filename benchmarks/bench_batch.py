@@ -11,9 +11,13 @@ Usage::
         [--rows 200000]
 
 ``end-to-end`` runs ``leadscore score`` as a subprocess per data directory and engine and
-reports wall time and the peak resident memory of the whole process tree (the CLI, its
-worker processes, Spark's JVM and Python workers), sampled every 0.2 s with psutil (sum of
-the tree's RSS: what the machine must hold at once).
+reports wall time, the CPU time and the peak resident memory of the whole process tree (the
+CLI, its worker processes, Spark's JVM and Python workers), sampled every 0.2 s with psutil
+(peak: the largest sum of the tree's RSS, what the machine must hold at once, and the same
+with PSS, where pages shared by several processes, e.g. a memory-mapped file, count once; CPU:
+user + system seconds of every process seen in the tree), and the machine's 1-minute load average
+(at the start, at the end and averaged over the run: the machine may be shared).
+``--keep DIR`` keeps each run's scores and rejects (``DIR/<data>-<engine>.*``) for comparisons.
 
 ``stage`` builds the feature table of a data directory once (cached next to it), then times
 on the same rows: ``Booster.predict`` with 2 threads (the reference), the batch's predict
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +44,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,7 +64,7 @@ def _now() -> str:
 
 
 class TreeMemory:
-    """Peak of the summed RSS of a process and all its descendants."""
+    """Peak of the summed RSS of a process and all its descendants, their CPU time, the load."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         import psutil
@@ -66,24 +72,73 @@ class TreeMemory:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0  # the same with shared pages divided among the processes sharing them
+        self.cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> user + system seconds
+        self.kind: dict[tuple[int, float], str] = {}  # (pid, start time) -> what the process is
+        self.loads: list[float] = []
+        self.peak_parts: dict[str, int] = {}  # what the tree held at its peak, by process kind
+        self.peak_at = 0.0  # seconds after the start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+    @property
+    def cpu_by_kind(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key, sec in self.cpu.items():
+            out[self.kind[key]] = round(out.get(self.kind[key], 0.0) + sec, 1)
+        return out
+
+    def _kind(self, p: Any) -> str:  # a psutil.Process
+        cmd = " ".join(p.cmdline())
+        if "java" in p.name():
+            return "jvm"
+        if "pyspark.daemon" in cmd or "pyspark.worker" in cmd:
+            return "spark python workers"
+        if p.pid == self.proc.pid:
+            return "main"
+        return "worker processes"
+
+    @property
+    def load_avg(self) -> float:
+        return sum(self.loads) / len(self.loads) if self.loads else float("nan")
 
     def _run(self) -> None:
         import psutil
 
+        last_load = 0.0
+        start = time.monotonic()
         while not self._stop.is_set():
             try:
                 procs = [self.proc, *self.proc.children(recursive=True)]
-                total = 0
+                total = pss = 0
+                parts: dict[str, int] = {}
                 for p in procs:
                     try:
-                        total += p.memory_info().rss
+                        with p.oneshot():
+                            rss = p.memory_info().rss
+                            t = p.cpu_times()
+                            key = (p.pid, p.create_time())
+                            self.cpu[key] = t.user + t.system
+                            self.kind[key] = self._kind(p)  # again: spark-submit execs java
+                        total += rss
+                        parts[self.kind[key]] = parts.get(self.kind[key], 0) + rss
+                        pss += p.memory_full_info().pss
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
-                self.peak = max(self.peak, total)
+                self.peak_pss = max(self.peak_pss, pss)
+                if total > self.peak:
+                    self.peak, self.peak_parts = total, parts
+                    self.peak_at = time.monotonic() - start
             except psutil.NoSuchProcess:
                 return
+            now = time.monotonic()
+            if now - last_load >= 1.0:
+                self.loads.append(os.getloadavg()[0])
+                last_load = now
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMemory:  # noqa: PYI034
@@ -109,7 +164,8 @@ def end_to_end(args: argparse.Namespace) -> None:
                 cmd = [leadscore, "score", "--data", str(data), "--out", str(out), "--engine", engine,
                        "--reasons", args.reasons, "--chunk-size", str(args.chunk_size),
                        "--workdir", str(args.workdir)]
-                env = {**os.environ, "COLUMNS": "120"}
+                env = {**os.environ, "COLUMNS": "400"}
+                load_start = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                         cwd=tmp)
@@ -120,15 +176,31 @@ def end_to_end(args: argparse.Namespace) -> None:
                     print(output.decode()[-3000:], file=sys.stderr)
                     raise SystemExit(f"leadscore score failed on {data} ({engine})")
                 scored = pd.read_parquet(out, columns=["band"])
+                if args.keep:
+                    keep = Path(args.keep)
+                    keep.mkdir(parents=True, exist_ok=True)
+                    stem = f"{Path(data).name}-{engine}-{args.reasons}"
+                    for src, what in ((out, "scores"), (out.with_name("scores.rejects.parquet"), "rejects")):
+                        dst = keep / f"{stem}.{what}.parquet"
+                        if dst.is_dir():
+                            shutil.rmtree(dst)
+                        elif dst.exists():
+                            dst.unlink()
+                        shutil.move(str(src), dst)
                 print(json.dumps({
                     "benchmark": "batch_end_to_end", "date": _now(), "machine": machine(),
                     "command": " ".join(cmd), "data": str(data), "engine": engine,
                     "contacts": contacts, "events": events, "scored": len(scored),
                     "reasons": args.reasons, "chunk_size": args.chunk_size,
                     "wall_s": round(wall, 1), "contacts_per_s": round(contacts / wall),
-                    "peak_rss_tree_mb": round(mem.peak / 2**20),
+                    "cpu_s": round(mem.cpu_seconds, 1), "cpu_s_by_process": mem.cpu_by_kind,
+                    "peak_rss_tree_mb": round(mem.peak / 2**20), "peak_at_s": round(mem.peak_at, 1),
+                    "peak_pss_tree_mb": round(mem.peak_pss / 2**20),
+                    "peak_rss_by_process_mb": {k: round(v / 2**20) for k, v in mem.peak_parts.items()},
+                    "load_avg_1m_at_start": round(load_start, 2),
+                    "load_avg_1m_mean": round(mem.load_avg, 2),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-                    "log_tail": [ln for ln in output.decode().splitlines() if ln.strip()][-4:],
+                    "log_tail": [ln for ln in output.decode().splitlines() if ln.strip()][-6:],
                 }), flush=True)
 
 
@@ -273,6 +345,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000, help="rows for the stage benchmark")
     ap.add_argument("--rows-all", type=int, default=20_000, help="rows for --reasons all")
     ap.add_argument("--tmp", default=tempfile.gettempdir(), help="where outputs and caches go")
+    ap.add_argument("--keep", default=None, help="keep each run's scores and rejects here")
     args = ap.parse_args()
     args.engine = args.engine or ["local"]
     args.workdir = str(Path(args.workdir).resolve())

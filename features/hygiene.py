@@ -30,6 +30,14 @@ Choices worth knowing:
 * Stage changes after the export date are rejected like events.
 * Raw ``email`` and ``phone`` stay in ``contacts`` (an internal frame); rejects carry
   ``table, row, contact_id, reason`` only.
+* ``country`` codes are stripped and upper-cased (``" de"`` → ``"DE"``), before duplicates
+  are merged and phones are read in them.
+
+A base too large for memory is cleaned in two steps (as ``leadscore score`` does):
+:func:`canonical_rows` links the whole base from its key columns only (``contact_id``,
+``created_at``, normalised ``email``); then :func:`clean_contacts` cleans any set of
+contacts closed under those links (all contacts whose canonical contact falls in one chunk)
+exactly as :func:`clean` would within the whole table.
 
 Email syntax follows ``email-validator`` (``check_deliverability=False``, no DNS) and
 phone validity follows ``phonenumbers``; both are exact but run in Python, so they are
@@ -682,17 +690,9 @@ def clean(
     ['duplicate_contact', 'unknown_contact']
     """
     export = _naive_utc(export_date)
-    contacts = tables.contacts
-    norm, quality = _analyse_emails(_column(contacts, "email"))
-    contacts = contacts.assign(email_quality=quality)
-    contacts, rejects, id_map = _deduplicate(contacts, norm)
-    valid_phone = phone_valid(
-        _column(contacts, "phone"),
-        contacts.get("country"),
-        default_region=default_phone_region,
+    contacts, rejects, id_map = clean_contacts(
+        tables.contacts, default_phone_region=default_phone_region
     )
-    contacts = contacts.assign(has_phone=valid_phone.to_numpy().astype(np.int8))
-
     known = pc.unique(_arrow(tables.contacts["contact_id"]).combine_chunks().drop_null())
     canonical = known
     if len(id_map):
@@ -709,6 +709,55 @@ def clean(
         rejects=concat_rejects([rejects, ev_rej, st_rej]),
         id_map=id_map,
     )
+
+
+def clean_contacts(
+    contacts: pd.DataFrame, *, default_phone_region: str | None = DEFAULT_PHONE_REGION
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The contacts part of :func:`clean`: country codes, email quality, duplicates, phones.
+
+    Parameters
+    ----------
+    contacts
+        Validated contacts (index = original row number). Every contact linked to one of
+        them (same id, same valid email, transitively) must be there too: a subset closed
+        under duplicate links (e.g. all contacts whose canonical contact falls in one bucket,
+        :func:`canonical_rows`) is cleaned exactly as within the whole table.
+    default_phone_region
+        Region for national-format phone numbers of contacts without a country.
+
+    Returns
+    -------
+    contacts, rejects, id_map
+        As :class:`CleanResult`'s (rejects: the ``duplicate_contact`` rows only).
+    """
+    if "country" in contacts:
+        contacts = contacts.assign(country=normalise_country(contacts["country"]))
+    norm, quality = _analyse_emails(_column(contacts, "email"))
+    contacts = contacts.assign(email_quality=quality)
+    contacts, rejects, id_map = _deduplicate(contacts, norm)
+    valid_phone = phone_valid(
+        _column(contacts, "phone"),
+        contacts.get("country"),
+        default_region=default_phone_region,
+    )
+    contacts = contacts.assign(has_phone=valid_phone.to_numpy().astype(np.int8))
+    return contacts, rejects, id_map
+
+
+def normalise_country(countries: pd.Series) -> pd.Series:
+    """ISO country codes as text, stripped and upper-cased (``" de"`` → ``"DE"``); blank → missing.
+
+    Aliases are kept as given (``UK`` stays ``UK``; :func:`phone_valid` reads it as ``GB``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> normalise_country(pd.Series([" de", "Us", None, ""])).tolist()
+    ['DE', 'US', nan, nan]
+    """
+    text = to_text(countries)
+    return _str_series(pc.utf8_upper(_arrow(text)), text.index).rename(countries.name)
 
 
 def _naive_utc(ts: pd.Timestamp | str | None) -> pd.Timestamp:
@@ -732,6 +781,112 @@ def _empty_id_map() -> pd.DataFrame:
     )
 
 
+@dataclass
+class _Groups:
+    """Duplicate groups of a contacts table (positions are rows of that table)."""
+
+    canonical_of: np.ndarray  # position of each row's canonical row (itself when canonical)
+    comp: np.ndarray  # group label of each row
+    order: np.ndarray  # rows sorted by group, canonical first, then its duplicates in merge order
+    first: np.ndarray  # along ``order``: the row is its group's first (canonical)
+    id_codes: np.ndarray  # rank of each row's id as text
+
+
+def _groups(ids: pd.Series, created_at: np.ndarray, norm_email: pd.Series) -> _Groups | None:
+    """Link rows sharing a contact_id or a valid normalised email (transitively); None when no
+    two rows are linked."""
+    n = len(ids)
+    id_codes = _codes(ids, rank=True)  # rank of the id as text
+    email_codes = _codes(norm_email)  # -1 for NaN: never links
+    valid_email = email_codes[email_codes >= 0]
+    if n == 0 or (
+        id_codes.max() + 1 == n and (not len(valid_email) or np.bincount(valid_email).max() == 1)
+    ):
+        return None
+    comp = _components(n, id_codes, email_codes)
+    # canonical first within each group: earliest created_at, then smallest id, then row order
+    order = np.lexsort((id_codes, created_at, comp))
+    comp_sorted = comp[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = comp_sorted[1:] != comp_sorted[:-1]
+    canonical_of = np.empty(n, dtype=np.int64)  # original position -> its canonical's
+    canonical_of[order] = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
+    return _Groups(canonical_of, comp, order, first, id_codes)
+
+
+def _codes(values: pd.Series, *, rank: bool = False) -> np.ndarray:
+    """``pd.factorize`` in Arrow (no Python strings): equal values share a code, missing -> -1;
+    with ``rank``, codes are the values' ranks as text (code-point order)."""
+    arr = _arrow(values).combine_chunks()
+    encoded = pc.dictionary_encode(arr)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if rank and len(encoded.dictionary):
+        ranks = np.empty(len(encoded.dictionary), dtype=np.int64)
+        ranks[pc.sort_indices(encoded.dictionary).to_numpy()] = np.arange(len(encoded.dictionary))
+        codes = np.where(codes >= 0, ranks[np.maximum(codes, 0)], -1)
+    return codes
+
+
+def canonical_rows(
+    contact_ids: pd.Series, created_at: np.ndarray, norm_email: pd.Series
+) -> np.ndarray | None:
+    """Which contact each row is merged into: the position of its canonical row.
+
+    Only the key columns are needed, so a whole base can be linked without holding its other
+    columns: the same rule as :func:`clean` (same id or same valid normalised email,
+    transitively; canonical = earliest ``created_at``, then smallest id as text, then first row).
+
+    Parameters
+    ----------
+    contact_ids
+        Validated ids (``str`` dtype), one per contact row.
+    created_at
+        Their ``created_at`` (datetime64, no missing values).
+    norm_email
+        Normalised emails (:func:`normalise_email`; NaN never links).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        int64 positions (a canonical row points at itself); None when no two rows are linked.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> canonical_rows(pd.Series(["a", "b", "c"]),
+    ...                np.array(["2024-02-01", "2024-01-01", "2024-01-05"], dtype="datetime64[us]"),
+    ...                pd.Series(["x@acme.com", "x@acme.com", None])).tolist()
+    [1, 1, 2]
+    """
+    groups = _groups(contact_ids, np.asarray(created_at), norm_email)
+    return None if groups is None else groups.canonical_of
+
+
+def duplicate_id_map(contact_ids: pd.Series, canonical_of: np.ndarray | None) -> pd.DataFrame:
+    """``duplicate_id -> contact_id`` (canonical) for every id merged into another id.
+
+    ``canonical_of`` as returned by :func:`canonical_rows` (None: no duplicates, empty map).
+    """
+    if canonical_of is None:
+        return _empty_id_map()
+    ids = _arrow(contact_ids).combine_chunks()
+    canonical = ids.take(pa.array(canonical_of))
+    moved = (canonical_of != np.arange(len(ids))) & _np_bool(pc.not_equal(ids, canonical))
+    rows = pa.array(np.flatnonzero(moved))
+    return (
+        pd.DataFrame(
+            {
+                "duplicate_id": ids.take(rows).to_numpy(zero_copy_only=False),
+                "contact_id": canonical.take(rows).to_numpy(zero_copy_only=False),
+            }
+        )
+        .drop_duplicates("duplicate_id")
+        .sort_values("duplicate_id", kind="stable")
+        .astype(_STR)
+        .reset_index(drop=True)
+    )
+
+
 def _deduplicate(
     contacts: pd.DataFrame, norm_email: pd.Series
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -741,38 +896,15 @@ def _deduplicate(
     duplicates), the ``duplicate_contact`` rejects and the id map.
     """
     n = len(contacts)
-    id_codes = pd.factorize(contacts["contact_id"], sort=True)[0]  # rank of the id as text
-    email_codes = pd.factorize(norm_email)[0]  # -1 for NaN: never links
-    valid_email = email_codes[email_codes >= 0]
-    if n == 0 or (
-        id_codes.max() + 1 == n and (not len(valid_email) or np.bincount(valid_email).max() == 1)
-    ):
+    groups = _groups(contacts["contact_id"], contacts["created_at"].to_numpy(), norm_email)
+    if groups is None:
         return contacts, empty_rejects(), _empty_id_map()
-    comp = _components(n, id_codes, email_codes)
-    # canonical first within each group: earliest created_at, then smallest id
-    order = np.lexsort((id_codes, contacts["created_at"].to_numpy(), comp))
+    canonical_of, comp, order, first = groups.canonical_of, groups.comp, groups.order, groups.first
     comp_sorted = comp[order]
-    first = np.ones(n, dtype=bool)
-    first[1:] = comp_sorted[1:] != comp_sorted[:-1]
-    canonical_of = np.empty(n, dtype=np.int64)  # original position -> its canonical's
-    canonical_of[order] = order[np.maximum.accumulate(np.where(first, np.arange(n), 0))]
     is_canonical = canonical_of == np.arange(n)
 
     rejects = make_rejects(contacts, ~is_canonical, "contacts", DUPLICATE_CONTACT)
-    moved = ~is_canonical & (id_codes != id_codes[canonical_of])
-    ids = contacts["contact_id"]
-    id_map = (
-        pd.DataFrame(
-            {
-                "duplicate_id": ids.iloc[np.flatnonzero(moved)].to_numpy(dtype=object),
-                "contact_id": ids.iloc[canonical_of[moved]].to_numpy(dtype=object),
-            }
-        )
-        .drop_duplicates("duplicate_id")
-        .sort_values("duplicate_id", kind="stable")
-        .astype(_STR)
-        .reset_index(drop=True)
-    )
+    id_map = duplicate_id_map(contacts["contact_id"], canonical_of)
 
     keep = filter_rows(contacts, is_canonical)
     in_group = np.bincount(comp)[comp_sorted] > 1

@@ -44,6 +44,12 @@ schema column being there; columns outside the schema are passed through untouch
 Each validated frame keeps the input's row number (0-based position in the table as
 read; for a CSV file, line = row + 2) as its index, named ``row``, so later stages
 (hygiene) can report rejects against the original rows.
+
+A table larger than memory is read in slices (:func:`plan_slices`, :func:`read_slice`:
+whole Parquet row groups, batch by batch) and validated batch by batch with
+``validate_tables(..., checks=TableChecks(), row_offset=...)``: the rows, the row numbers and
+the rejects are those of the whole table, and the table-level checks are counted across the
+batches and decided once (:meth:`TableChecks.raise_errors`), with the whole table's message.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from __future__ import annotations
 import csv
 import gzip
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -62,6 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.dataset as pa_ds
+import pyarrow.parquet as pq
 
 from features import schema
 from features.schema import Kind, TableSchema
@@ -194,7 +201,7 @@ def read_tables(data_dir: Path, *, columns: Mapping[str, Sequence[str]] | None =
     if unknown:
         raise DataError(f"columns= names unknown tables: {sorted(unknown)}")
     frames = {
-        name: _read_table(data_dir, spec, columns.get(name)) for name, spec in schema.TABLES.items()
+        name: read_table(data_dir, spec, columns.get(name)) for name, spec in schema.TABLES.items()
     }
     tables = validate_tables(frames["contacts"], frames["events"], frames["stages"])
     for name, wanted in columns.items():
@@ -204,7 +211,15 @@ def read_tables(data_dir: Path, *, columns: Mapping[str, Sequence[str]] | None =
     return tables
 
 
-def _find_file(data_dir: Path, name: str) -> Path:
+def find_table(data_dir: Path, name: str) -> Path:
+    """The file (or Parquet directory) holding table ``name``: Parquet wins over CSV.
+
+    Raises
+    ------
+    DataError
+        No ``<name>.parquet``, ``<name>.csv`` or ``<name>.csv.gz`` in ``data_dir``.
+    """
+    data_dir = Path(data_dir)
     for suffix in _SUFFIXES:
         path = data_dir / f"{name}{suffix}"
         if path.exists():
@@ -213,8 +228,14 @@ def _find_file(data_dir: Path, name: str) -> Path:
     raise DataError(f"{name}: table is missing: no {expected} in {data_dir}")
 
 
-def _read_table(data_dir: Path, spec: TableSchema, wanted: Sequence[str] | None) -> pd.DataFrame:
-    path = _find_file(data_dir, spec.name)
+def read_table(
+    data_dir: Path, spec: TableSchema, wanted: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One raw table, whole, as :func:`read_tables` hands it to validation (ids as text).
+
+    ``wanted``: the columns to read besides the required ones (None: all).
+    """
+    path = find_table(data_dir, spec.name)
     try:
         if path.name.endswith(".parquet"):
             table = _read_parquet(path, spec, wanted)
@@ -223,14 +244,19 @@ def _read_table(data_dir: Path, spec: TableSchema, wanted: Sequence[str] | None)
     except DataError:
         raise
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{spec.name}: cannot read {path.name}: {_safe_reason(exc)}") from None
-    # ids as text in Arrow (exact for integers, no float detour through NaN)
-    for i, col in enumerate(table.column_names):
-        kind = spec.columns.get(col)
-        typ = table.schema.field(i).type
-        if kind in ("id", "str") and (pa.types.is_integer(typ) or pa.types.is_null(typ)):
-            table = table.set_column(i, col, pc.cast(table.column(i), pa.large_string()))
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+        raise DataError(f"{spec.name}: cannot read {path.name}: {safe_reason(exc)}") from None
+    return _ids_as_text(table, spec).to_pandas(split_blocks=True, self_destruct=True)
+
+
+def _ids_as_text(table: pa.Table | pa.RecordBatch, spec: TableSchema) -> pa.Table:
+    """Integer (or all-null) id and text columns as text in Arrow: exact, no float detour."""
+    cols = {}
+    for name, col in zip(table.schema.names, table.columns, strict=True):
+        kind = spec.columns.get(name)
+        if kind in ("id", "str") and (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+            col = pc.cast(col, pa.large_string())
+        cols[name] = col
+    return pa.table(cols)
 
 
 def _select(available: Sequence[str], spec: TableSchema, wanted: Sequence[str] | None) -> list[str]:
@@ -250,7 +276,7 @@ def _read_parquet(path: Path, spec: TableSchema, wanted: Sequence[str] | None) -
 
 
 def _read_csv(path: Path, spec: TableSchema, wanted: Sequence[str] | None) -> pa.Table:
-    header = _csv_header(path)
+    header = csv_header(path)
     if not header:
         raise DataError(f"{spec.name}: cannot read {path.name}: the file is empty (no header)")
     cols = _select(header, spec, wanted)
@@ -295,7 +321,8 @@ def _open_text(path: Path) -> TextIO:
     return open(path, encoding="utf-8-sig", newline="")
 
 
-def _csv_header(path: Path) -> list[str]:
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file (plain or gzipped); ``[]`` for an empty file."""
     with _open_text(path) as handle:
         return next(csv.reader(handle), [])
 
@@ -310,7 +337,7 @@ def _first_bad_line(path: Path, expected: int) -> int | None:
     return None
 
 
-def _safe_reason(exc: BaseException) -> str:
+def safe_reason(exc: BaseException) -> str:
     """The first line of an I/O error, with quoted text (file names, cell values) removed."""
     if isinstance(exc, UnicodeDecodeError):
         return "the file is not valid UTF-8"
@@ -321,11 +348,155 @@ def _safe_reason(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Reading in slices: tables larger than memory
+# ---------------------------------------------------------------------------
+
+#: Read buffer of a streamed Parquet file: a row group is decoded page by page, so reading a
+#: slice holds about one batch, not a whole row group.
+_STREAM_BUFFER = 1 << 20
+
+
+def table_files(path: Path) -> list[Path]:
+    """The data files of a table, in the order the loader concatenates them.
+
+    A file is itself; a Parquet directory lists its files as :mod:`pyarrow.dataset` does
+    (sorted paths, anything under a name starting with ``.`` or ``_`` skipped).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    try:
+        return [Path(f) for f in pa_ds.dataset(path, format="parquet").files]
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{_table_name(path)}: cannot read {path.name}: {safe_reason(exc)}") from None
+
+
+def _table_name(path: Path) -> str:
+    name = Path(path).name
+    for suffix in _SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
+@dataclass(frozen=True)
+class TableSlice:
+    """Consecutive rows of one table: whole row groups of one Parquet file, or a whole CSV file.
+
+    ``row_offset`` is the row number (as :func:`read_tables` counts them) of the slice's first
+    row; ``rows`` is -1 when unknown before reading (CSV).
+    """
+
+    table: str
+    index: int
+    path: str
+    kind: str  # "parquet" or "csv"
+    row_groups: tuple[int, ...]
+    row_offset: int
+    rows: int
+
+
+def plan_slices(path: Path, table: str, *, rows_per_slice: int) -> list[TableSlice]:
+    """Split a table into slices of whole Parquet row groups, about ``rows_per_slice`` rows each
+    (a larger row group is a slice of its own). A CSV file is one slice."""
+    path = Path(path)
+    if not path.name.endswith(".parquet"):
+        return [TableSlice(table, 0, str(path), "csv", (), 0, -1)]
+    slices: list[TableSlice] = []
+    offset = 0
+    for f in table_files(path):
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{table}: cannot read {f.name}: {safe_reason(exc)}") from None
+        groups: list[int] = []
+        start, rows = offset, 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if groups and rows + n > rows_per_slice:
+                slices.append(TableSlice(table, len(slices), str(f), "parquet", tuple(groups), start, rows))
+                groups, start, rows = [], offset, 0
+            groups.append(g)
+            rows += n
+            offset += n
+        if groups:
+            slices.append(TableSlice(table, len(slices), str(f), "parquet", tuple(groups), start, rows))
+    return slices
+
+
+def table_columns(path: Path, spec: TableSchema, wanted: Sequence[str] | None = None) -> list[str]:
+    """The columns to read from a table's file(s): its required columns (which must be there,
+    else :class:`DataError`) and those of ``wanted`` present (None: every column)."""
+    path = Path(path)
+    try:
+        if path.name.endswith(".parquet"):
+            files = table_files(path)
+            names = pq.read_schema(files[0]).names if files else []
+        else:
+            names = csv_header(path)
+            if not names:
+                raise DataError(f"{spec.name}: cannot read {path.name}: the file is empty (no header)")
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{spec.name}: cannot read {path.name}: {safe_reason(exc)}") from None
+    for col in spec.required:
+        if col not in names:
+            raise DataError(f"{spec.name}: required column {col!r} is missing")
+    if wanted is None:
+        return list(names)
+    keep = set(spec.required) | set(wanted)
+    return [c for c in names if c in keep]
+
+
+def read_slice(
+    sl: TableSlice, columns: Sequence[str], *, batch_rows: int = 1 << 20
+) -> Iterator[pd.DataFrame]:
+    """The raw rows of a slice, batch by batch, as :func:`read_tables` hands a table to
+    :func:`validate_tables` (ids as text). Holds about one batch in memory.
+
+    Raises
+    ------
+    DataError
+        The file cannot be read (the message names the table and the file, not the cause's
+        quoted text).
+    """
+    spec = schema.TABLES[sl.table]
+    name = Path(sl.path).name
+    try:
+        if sl.kind == "parquet":
+            f = pq.ParquetFile(sl.path, buffer_size=_STREAM_BUFFER, pre_buffer=False)
+            batches = f.iter_batches(batch_size=batch_rows, row_groups=list(sl.row_groups),
+                                     columns=list(columns), use_threads=False)
+        else:
+            header = csv_header(Path(sl.path))
+            convert = pa_csv.ConvertOptions(
+                column_types={c: pa.large_string() for c in header}, include_columns=list(columns),
+                null_values=list(CSV_NULL_VALUES), strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            )
+            batches = pa_csv.open_csv(sl.path, convert_options=convert,
+                                      read_options=pa_csv.ReadOptions(block_size=64 << 20))
+        for batch in batches:
+            yield _ids_as_text(batch, spec).to_pandas()
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{sl.table}: cannot read {name}: {safe_reason(exc)}") from None
+
+
+# ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------
 
 
-def validate_tables(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.DataFrame) -> Tables:
+def validate_tables(
+    contacts: pd.DataFrame,
+    events: pd.DataFrame,
+    stages: pd.DataFrame,
+    *,
+    checks: TableChecks | None = None,
+    row_offset: int = 0,
+) -> Tables:
     """Coerce the three tables to their schema and split off rejected rows.
 
     Pure: no I/O. Used by :func:`read_tables`, the HTTP service and batch rescoring.
@@ -335,6 +506,14 @@ def validate_tables(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.Dat
     ----------
     contacts, events, stages
         Raw frames. A frame with no rows and no columns counts as an empty table.
+    checks
+        For a table validated slice by slice (:func:`read_slice`): the table-level checks
+        (a required column empty everywhere, a column mostly of the wrong type) are counted
+        into ``checks`` instead of raising, to be decided once for the whole table by
+        :meth:`TableChecks.raise_errors`. None: decided on these frames, raising here.
+    row_offset
+        Row number of the frames' first row (a slice's place in its table): the validated
+        frames' index and the rejects count rows from it.
 
     Returns
     -------
@@ -367,7 +546,8 @@ def validate_tables(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.Dat
         (schema.EVENTS, events),
         (schema.STAGE_CHANGES, stages),
     ):
-        frame, reasons = _coerce_table(raw, spec, coercions)
+        check: _Check = _Deferred(checks, row_offset) if checks is not None else _Immediate()
+        frame, reasons = _coerce_table(raw, spec, coercions, check, row_offset)
         if spec is schema.EVENTS:
             frame, unknown_types = _map_event_types(frame, reasons)
             if unknown_types:
@@ -441,7 +621,11 @@ def _coercion_frame(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
 
 
 def _coerce_table(
-    raw: pd.DataFrame, spec: TableSchema, coercions: list[tuple[str, str, str, int]]
+    raw: pd.DataFrame,
+    spec: TableSchema,
+    coercions: list[tuple[str, str, str, int]],
+    check: _Check,
+    row_offset: int = 0,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Coerce every schema column; return the frame and per-row reject codes (0 = keep)."""
     if not isinstance(raw, pd.DataFrame):
@@ -455,7 +639,7 @@ def _coerce_table(
     dup = raw.columns[raw.columns.duplicated()]
     if len(dup):
         raise DataError(f"{spec.name}: column {str(dup[0])!r} appears more than once")
-    raw = raw.set_axis(pd.RangeIndex(n, name="row"), axis=0)
+    raw = raw.set_axis(pd.RangeIndex(row_offset, row_offset + n, name="row"), axis=0)
     reasons = np.zeros(n, dtype=np.int8)  # 0 = keep, else _REASON_CODES
     data: dict[str, pd.Series] = {}
     for col in raw.columns:
@@ -463,11 +647,10 @@ def _coerce_table(
         if kind is None:
             data[col] = raw[col]  # pass-through
             continue
-        values, bad = _coerce_column(raw[col], kind, spec.name, col)
+        values, bad = _coerce_column(raw[col], kind, spec.name, col, check)
         if col in spec.required:
             missing = values.isna().to_numpy()
-            if n and missing.all():
-                raise DataError(f"{spec.name}.{col}: required column is empty in all {n} rows")
+            check.required(spec.name, col, int(missing.sum()), n)
             # missing event_type / stage are handled by their own rules (other, unknown_stage)
             reason = {"id": MISSING_CONTACT_ID, "timestamp": INVALID_TIMESTAMP}.get(kind)
             if reason is not None:
@@ -482,7 +665,7 @@ def _coerce_table(
         data[col] = values
     for col, kind in spec.optional.items():
         if col not in data:
-            data[col] = _all_missing(kind, n)
+            data[col] = _all_missing(kind, n).set_axis(raw.index)
     order = [c for c in spec.columns] + [c for c in raw.columns if c not in spec.columns]
     frame = pd.DataFrame({c: data[c] for c in order}, index=raw.index)
     return frame, reasons
@@ -585,28 +768,157 @@ def _all_missing(kind: Kind, n: int) -> pd.Series:
     return pd.Series(np.full(n, np.nan))
 
 
-def _coerce_column(s: pd.Series, kind: Kind, table: str, col: str) -> tuple[pd.Series, np.ndarray]:
+def _coerce_column(
+    s: pd.Series, kind: Kind, table: str, col: str, check: _Check | None = None
+) -> tuple[pd.Series, np.ndarray]:
     """Coerce one column; return values and a mask of present-but-unparseable cells."""
+    check = check if check is not None else _Immediate()
     if kind in ("id", "str"):
         text = to_text(s)
         return text, np.zeros(len(s), dtype=bool)
     if kind == "timestamp":
-        return _to_timestamp(s, table, col)
+        return _to_timestamp(s, table, col, check)
     if kind == "bool":
-        return _to_bool(s, table, col)
-    return _to_float(s, table, col)
+        return _to_bool(s, table, col, check)
+    return _to_float(s, table, col, check)
 
 
-def _check_majority(
-    bad: np.ndarray, present: int, table: str, col: str, expected: str, got: str
-) -> None:
-    n_bad = int(bad.sum())
-    if present and n_bad / present > _MAJORITY:
-        first = int(np.flatnonzero(bad)[0])
-        pct = f"{100 * n_bad / present:.0f}%"
-        raise DataError(
-            f"{table}.{col}: expected {expected}, got {got} in {pct} of rows (e.g. row {first})"
-        )
+# ---------------------------------------------------------------------------
+# Table-level checks: at once, or counted slice by slice and decided at the end
+# ---------------------------------------------------------------------------
+
+_GOT = {"a number": "text", "true/false": "other values"}
+
+
+def _majority_message(
+    table: str, col: str, expected: str, bad: int, present: int, numeric: int, first: int
+) -> str | None:
+    """The error when more than half of the present values are bad, else None.
+
+    ``numeric``: how many of the bad values are numbers (decides what timestamps "got").
+    """
+    if not present or bad / present <= _MAJORITY:
+        return None
+    got = _GOT.get(expected) or (
+        "a number" if numeric / bad > _MAJORITY else "text that is not an ISO-8601 timestamp"
+    )
+    pct = f"{100 * bad / present:.0f}%"
+    return f"{table}.{col}: expected {expected}, got {got} in {pct} of rows (e.g. row {first})"
+
+
+def _required_message(table: str, col: str, missing: int, n: int) -> str | None:
+    if n and missing == n:
+        return f"{table}.{col}: required column is empty in all {n} rows"
+    return None
+
+
+class _Check:
+    """Where a column's table-level facts go: :class:`_Immediate` or :class:`_Deferred`."""
+
+    def majority(
+        self, table: str, col: str, expected: str, bad: np.ndarray, present: int, numeric: int
+    ) -> None:
+        raise NotImplementedError
+
+    def required(self, table: str, col: str, missing: int, n: int) -> None:
+        raise NotImplementedError
+
+
+class _Immediate(_Check):
+    """Whole-table validation: raise at once."""
+
+    def majority(
+        self, table: str, col: str, expected: str, bad: np.ndarray, present: int, numeric: int
+    ) -> None:
+        n_bad = int(bad.sum())
+        if n_bad:
+            first = int(np.flatnonzero(bad)[0])
+            msg = _majority_message(table, col, expected, n_bad, present, numeric, first)
+            if msg:
+                raise DataError(msg)
+
+    def required(self, table: str, col: str, missing: int, n: int) -> None:
+        msg = _required_message(table, col, missing, n)
+        if msg:
+            raise DataError(msg)
+
+
+class _Deferred(_Check):
+    """A slice of a table: count into a :class:`TableChecks`."""
+
+    def __init__(self, checks: TableChecks, row_offset: int) -> None:
+        self.checks, self.row_offset = checks, row_offset
+
+    def majority(
+        self, table: str, col: str, expected: str, bad: np.ndarray, present: int, numeric: int
+    ) -> None:
+        t = self.checks.tally(table, col, "majority", expected)
+        n_bad = int(bad.sum())
+        if n_bad and t["first"] < 0:
+            t["first"] = self.row_offset + int(np.flatnonzero(bad)[0])
+        t["bad"] += n_bad
+        t["present"] += int(present)
+        t["numeric"] += int(numeric)
+
+    def required(self, table: str, col: str, missing: int, n: int) -> None:
+        t = self.checks.tally(table, col, "required")
+        t["bad"] += int(missing)
+        t["present"] += int(n)
+
+
+class TableChecks:
+    """Table-level checks of tables validated slice by slice, decided once per table.
+
+    :func:`validate_tables` (``checks=``) counts, for each column, its unparseable and present
+    values and the first bad row; :meth:`raise_errors` then raises the :class:`DataError` that
+    validating each table whole would have raised (same message, same row). Tallies of slices
+    validated in other processes are combined with :meth:`update` (``to_dict`` is JSON).
+    """
+
+    def __init__(self, tallies: dict[str, dict] | None = None) -> None:
+        self.tallies: dict[str, dict] = dict(tallies or {})
+
+    def tally(self, table: str, col: str, what: str, expected: str = "") -> dict:
+        key = f"{table}.{col}.{what}"
+        t = self.tallies.get(key)
+        if t is None:
+            t = self.tallies[key] = {"table": table, "column": col, "what": what,
+                                     "expected": expected, "bad": 0, "present": 0,
+                                     "numeric": 0, "first": -1}
+        return t
+
+    def update(self, other: TableChecks | dict) -> None:
+        """Add another slice's counts (a :class:`TableChecks` or its ``to_dict()``)."""
+        tallies = other.tallies if isinstance(other, TableChecks) else other
+        for t in tallies.values():
+            mine = self.tally(t["table"], t["column"], t["what"], t["expected"])
+            for k in ("bad", "present", "numeric"):
+                mine[k] += t[k]
+            if t["first"] >= 0 and (mine["first"] < 0 or t["first"] < mine["first"]):
+                mine["first"] = t["first"]
+
+    def to_dict(self) -> dict[str, dict]:
+        return {k: dict(v) for k, v in self.tallies.items()}
+
+    def errors(self) -> list[str]:
+        """Messages of the failed checks: tables in schema order, columns in reading order."""
+        order = {name: i for i, name in enumerate(schema.TABLES)}
+        out = []
+        for t in sorted(self.tallies.values(), key=lambda t: order.get(t["table"], len(order))):
+            if t["what"] == "required":
+                msg = _required_message(t["table"], t["column"], t["bad"], t["present"])
+            else:
+                msg = _majority_message(t["table"], t["column"], t["expected"], t["bad"],
+                                        t["present"], t["numeric"], t["first"])
+            if msg:
+                out.append(msg)
+        return out
+
+    def raise_errors(self) -> None:
+        """Raise the first failed check as :class:`DataError` (nothing when all pass)."""
+        errors = self.errors()
+        if errors:
+            raise DataError(errors[0])
 
 
 def to_text(s: pd.Series) -> pd.Series:
@@ -685,7 +997,9 @@ def _num_text(v: float) -> str:
     return str(v)
 
 
-def _to_timestamp(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.ndarray]:
+def _to_timestamp(
+    s: pd.Series, table: str, col: str, check: _Check
+) -> tuple[pd.Series, np.ndarray]:
     index, n = s.index, len(s)
     dtype = s.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
@@ -697,7 +1011,8 @@ def _to_timestamp(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.nda
         pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
     ):
         present = s.notna().to_numpy()
-        _check_majority(present, int(present.sum()), table, col, "a timestamp", "a number")
+        n_present = int(present.sum())
+        check.majority(table, col, "a timestamp", present, n_present, n_present)
         return _all_missing("timestamp", n).set_axis(index), np.zeros(n, dtype=bool)
     if isinstance(dtype, pd.StringDtype) or pd.api.types.infer_dtype(s) in ("string", "empty"):
         text = to_text(s)
@@ -724,9 +1039,7 @@ def _to_timestamp(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.nda
         present = np.array(present_l, dtype=bool)
         bad = present & out.isna().to_numpy()
         numeric = np.array(numeric_l, dtype=bool)[bad]
-    if bad.any():
-        got = "a number" if numeric.mean() > _MAJORITY else "text that is not an ISO-8601 timestamp"
-        _check_majority(bad, int(present.sum()), table, col, "a timestamp", got)
+    check.majority(table, col, "a timestamp", bad, int(present.sum()), int(numeric.sum()))
     return out.rename(s.name), bad
 
 
@@ -758,7 +1071,7 @@ def _parse_iso_strings(s: pd.Series) -> pd.Series:
     return out.dt.tz_localize(None).astype(_TS_DTYPE)
 
 
-def _to_float(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.ndarray]:
+def _to_float(s: pd.Series, table: str, col: str, check: _Check) -> tuple[pd.Series, np.ndarray]:
     n = len(s)
     if pd.api.types.is_bool_dtype(s.dtype) or (
         pd.api.types.is_numeric_dtype(s.dtype) and not isinstance(s.dtype, pd.StringDtype)
@@ -777,11 +1090,11 @@ def _to_float(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.ndarray
     v[np.isinf(v)] = np.nan
     present_mask = text.notna().to_numpy()
     bad = present_mask & np.isnan(v)
-    _check_majority(bad, int(present_mask.sum()), table, col, "a number", "text")
+    check.majority(table, col, "a number", bad, int(present_mask.sum()), 0)
     return pd.Series(v, index=s.index, name=s.name), bad
 
 
-def _to_bool(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.ndarray]:
+def _to_bool(s: pd.Series, table: str, col: str, check: _Check) -> tuple[pd.Series, np.ndarray]:
     n = len(s)
     if pd.api.types.is_bool_dtype(s.dtype):
         v = s.to_numpy(dtype=bool, na_value=False)
@@ -791,5 +1104,5 @@ def _to_bool(s: pd.Series, table: str, col: str) -> tuple[pd.Series, np.ndarray]
     true = text.isin(_TRUE).to_numpy()
     false = text.isin(_FALSE).to_numpy()
     bad = present & ~true & ~false
-    _check_majority(bad, int(present.sum()), table, col, "true/false", "other values")
+    check.majority(table, col, "true/false", bad, int(present.sum()), 0)
     return pd.Series(true, index=s.index, name=s.name), bad

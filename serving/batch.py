@@ -7,20 +7,26 @@ champion model, or the rule scorer when there is none, exactly as the HTTP servi
 
 How a run goes (``engine="local"``)
 -----------------------------------
-1. **Contacts and stage changes** are read whole (they fit in memory: a few hundred bytes
-   per contact), validated (:func:`features.io.validate_tables`) and cleaned
-   (:func:`features.hygiene.clean`: duplicates merged, unknown contacts and future rows
-   rejected), in a child process whose memory is returned before the next steps.
-   Deduplication needs every contact at once (memory grows with the number of contacts:
-   ~2 GB for 1M, ~5.8 GB for 4M); nothing else does.
-2. **Contacts are split into buckets** by a stable hash of their (canonical) id:
-   ``n_buckets = ceil(contacts / chunk_size)``; a bucket is a chunk of work.
-3. **Events** (tens of millions of rows, in any order) are streamed once, in batches,
-   by a pool of processes: each batch is validated with the same
-   :func:`~features.io.validate_tables`, attached to its contact with hygiene's own
-   rule (unknown contact / future timestamp -> rejects, duplicates -> canonical id) and
-   split into one temporary Parquet file per bucket and task. A chunk then reads only its
-   own events: memory is bounded by the chunk size, not by the number of events.
+1. **Link the base** from its key columns only: ``contact_id``, ``created_at`` and ``email``
+   of every contact, in batches (emails normalised batch by batch), and the stage changes'
+   timestamps for the data's end. :func:`features.hygiene.canonical_rows` links duplicates
+   (same id or same valid email, transitively) exactly as :func:`~features.hygiene.clean`
+   does, and every contact row gets the **bucket** of its canonical contact (a stable hash of
+   the canonical id: ``n_buckets = ceil(contacts / chunk_size)``; a bucket is a chunk of
+   work). This runs in a child process whose memory is returned before the next steps: the
+   key columns and their links, about 0.2 GB per million contacts (the step's peak, libraries
+   included: 0.6 GB for 1M contacts, 1.2 GB for 4M), never the contact rows.
+2. **Every table is read in slices** (whole Parquet row groups; a CSV file is one slice),
+   batch by batch, by a pool of processes: each batch is validated with the loader's own
+   :func:`~features.io.validate_tables` (its table-level checks counted across slices and
+   decided once, as for the whole table), then contacts take their bucket from step 1, events
+   and stage changes are attached to their contact with hygiene's rule (unknown contact /
+   future timestamp -> rejects, duplicates -> canonical id); every slice writes one
+   temporary Parquet file per bucket. A chunk then reads only its own rows: memory is
+   bounded by the slice and chunk sizes, not by the size of the base.
+3. **Chunks are cleaned**: a bucket holds every duplicate of its contacts, so
+   :func:`~features.hygiene.clean_contacts` (merging duplicates' values, email quality,
+   phone validity) gives, chunk by chunk, exactly the contacts hygiene gives on the whole base.
 4. **Chunks are scored** by a pool of processes (LightGBM with one thread each: two
    processes on two cores beat one process with two threads, since feature building and
    Parquet I/O are single-threaded). Each chunk builds its point-in-time features with
@@ -30,6 +36,9 @@ How a run goes (``engine="local"``)
    next to ``out``, which is renamed into place only when complete. The rejects file and
    the movers file (``--previous``) are written first; the output's rename is the commit.
 
+The Spark engine (:mod:`serving.spark_engine`) runs the same steps with the slices and the
+chunks as Spark tasks (:func:`execute` with another :data:`Runner`).
+
 Nothing lost, nothing doubled
 -----------------------------
 The work lives in ``.<out name>.work/`` next to the output (same file system, so the
@@ -37,11 +46,12 @@ final rename is atomic). Its ``manifest.json`` records the inputs (path, size, m
 every file), the resolved as-of date, the run's ``scored_at``, the exact model version
 (``models:/lead-scoring/7``, not the alias: the champion may move overnight), the chunking
 and the reasons mode. ``--resume`` after a crash or a SIGKILL checks the manifest against
-the current inputs and options, keeps the preparation if it finished and every committed
-chunk, and redoes the rest. Chunks are a pure function of the inputs, so the final output
-is byte-for-byte the same as an uninterrupted run's. Without ``--resume`` an interrupted
-run's work directory is an error (``--overwrite`` starts again); an existing output is
-never replaced without ``--overwrite``; a lock file stops two runs on the same output.
+the current inputs and options, keeps what was committed (step 1, every slice of step 2,
+every chunk) and redoes the rest. Slices and chunks are pure functions of the inputs, so the
+final output is byte-for-byte the same as an uninterrupted run's. Without ``--resume`` an
+interrupted run's work directory is an error (``--overwrite`` starts again); an existing
+output is never replaced without ``--overwrite``; a lock file stops two runs on the same
+output.
 
 Outputs
 -------
@@ -85,27 +95,45 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from features import schema
 from features.build import Snapshotter
 from features.config import FeatureConfig
-from features.io import CSV_NULL_VALUES, DataError, concat_rejects, empty_rejects, validate_tables
+from features.io import (
+    DataError,
+    TableChecks,
+    TableSlice,
+    concat_rejects,
+    empty_rejects,
+    find_table,
+    make_rejects,
+    plan_slices,
+    read_slice,
+    safe_reason,
+    table_columns,
+    table_files,
+    validate_tables,
+)
+from features.loading import data_end
 
 log = logging.getLogger(__name__)
 
 REASON_MODES: tuple[str, ...] = ("top", "all", "none")
 TOP_BANDS: tuple[str, ...] = ("A", "B")
 NOT_SCORABLE = "not_scorable"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: work directory of the sliced preparation
 EVENT_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "event_type", "campaign_id")
 STAGE_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "stage")
 CONTACT_COLUMNS: tuple[str, ...] = (*schema.CONTACTS.columns, "email_quality", "has_phone")
 _BAND_RANK = {b: i for i, b in enumerate(schema.BANDS)}  # A=0 best
-_EVENT_TASK_ROWS = 4_000_000  # rows of the events table per preparation task
-_EVENT_BATCH_ROWS = 1 << 20
-_TASK_DIRS = "t[0-9][0-9][0-9][0-9][0-9]"  # committed event task directories (not *.tmp)
+# step 2 reads each table in slices of whole row groups (about this many rows; a slice holds its
+# rows of every bucket until it writes them) and a slice in batches of this many rows
+_SLICE_ROWS = {"contacts": 1_000_000, "events": 4_000_000, "stages": 4_000_000}
+_SLICE_BATCH_ROWS = {"contacts": 1 << 18, "events": 1 << 20, "stages": 1 << 20}
+_KEY_BATCH_ROWS = 1 << 20  # step 1: rows of key columns per batch
+_TASK_DIRS = "t[0-9][0-9][0-9][0-9][0-9]"  # committed slice directories (not *.tmp)
+_STR = pd.StringDtype("pyarrow", na_value=np.nan)
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -121,8 +149,23 @@ OUTPUT_SCHEMA = pa.schema(
         ("as_of", pa.timestamp("us")),
     ]
 )
+_ARROW_TYPES = {"id": pa.large_string(), "str": pa.large_string(), "float": pa.float64(),
+                "int": pa.float64(), "bool": pa.bool_(), "timestamp": pa.timestamp("us")}
 EVENT_FILE_SCHEMA = pa.schema([("contact_id", pa.large_string()), ("ts", pa.timestamp("us")),
                                ("event_type", pa.large_string()), ("campaign_id", pa.large_string())])
+STAGE_FILE_SCHEMA = pa.schema([("contact_id", pa.large_string()), ("ts", pa.timestamp("us")),
+                               ("stage", pa.large_string())])
+#: a contacts slice: every valid row (duplicates too), validated, with its input row
+CONTACT_SLICE_SCHEMA = pa.schema([(c, _ARROW_TYPES[k]) for c, k in schema.CONTACTS.columns.items()]
+                                 + [("row", pa.int64())])
+#: a chunk's clean contacts, as the feature code gets them
+CHUNK_CONTACT_SCHEMA = pa.schema([*CONTACT_SLICE_SCHEMA.remove(len(CONTACT_SLICE_SCHEMA) - 1),
+                                  ("email_quality", pa.large_string()), ("has_phone", pa.int8()),
+                                  ("row", pa.int64())])
+SLICE_SCHEMAS: dict[str, pa.Schema] = {"contacts": CONTACT_SLICE_SCHEMA, "events": EVENT_FILE_SCHEMA,
+                                       "stages": STAGE_FILE_SCHEMA}
+SLICE_COLUMNS: dict[str, tuple[str, ...]] = {"contacts": tuple(schema.CONTACTS.columns),
+                                             "events": EVENT_COLUMNS, "stages": STAGE_COLUMNS}
 REJECT_SCHEMA = pa.schema(
     [("table", pa.string()), ("row", pa.int64()), ("contact_id", pa.string()), ("reason", pa.string())]
 )
@@ -548,15 +591,13 @@ def _ts_us(ts: pd.Timestamp) -> np.datetime64:
 
 
 # ---------------------------------------------------------------------------
-# Inputs: locating, fingerprinting, reading
+# Inputs: locating, fingerprinting
 # ---------------------------------------------------------------------------
 
 
 def table_path(data_dir: Path, name: str) -> Path:
     """The file (or directory) holding a table: Parquet wins over CSV, as in the loader."""
-    from features.io import _find_file
-
-    return _find_file(Path(data_dir), name)
+    return find_table(Path(data_dir), name)
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -575,174 +616,378 @@ def fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return out
 
 
-@dataclass(frozen=True)
-class EventTask:
-    """A slice of the events table for one preparation task."""
-
-    index: int
-    path: str
-    kind: str  # "parquet" or "csv"
-    row_groups: tuple[int, ...]
-    row_offset: int
-    rows: int
-
-
-def plan_event_tasks(path: Path, *, rows_per_task: int = _EVENT_TASK_ROWS) -> list[EventTask]:
-    """Split the events table into tasks of whole Parquet row groups (CSV: one task)."""
+def _events_end(path: Path) -> pd.Timestamp | None:
+    """Latest event timestamp (only needed when there are no stage changes), streamed."""
     if not path.name.endswith(".parquet"):
-        return [EventTask(0, str(path), "csv", (), 0, -1)]
-    tasks: list[EventTask] = []
-    offset = 0
-    for f in _files_of(path):
-        try:
-            meta = pq.ParquetFile(f).metadata
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"events: cannot read {f.name}: {_safe(e)}") from None
-        groups: list[int] = []
-        start, rows = offset, 0
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
-            if groups and rows + n > rows_per_task:
-                tasks.append(EventTask(len(tasks), str(f), "parquet", tuple(groups), start, rows))
-                groups, start, rows = [], offset, 0
-            groups.append(g)
-            rows += n
-            offset += n
-        if groups:
-            tasks.append(EventTask(len(tasks), str(f), "parquet", tuple(groups), start, rows))
-    return tasks
-
-
-def _safe(exc: BaseException) -> str:
-    from features.io import _safe_reason
-
-    return _safe_reason(exc)
-
-
-def check_event_columns(path: Path) -> list[str]:
-    """The events columns to read (required ones present, else :class:`DataError`)."""
-    if path.name.endswith(".parquet"):
-        try:
-            names = pq.read_schema(_files_of(path)[0]).names if _files_of(path) else []
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"events: cannot read {path.name}: {_safe(e)}") from None
-    else:
-        from features.io import _csv_header
-
-        try:
-            names = _csv_header(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"events: cannot read {path.name}: {_safe(e)}") from None
-    for col in schema.EVENTS.required:
-        if col not in names:
-            raise DataError(f"events: required column {col!r} is missing")
-    return [c for c in EVENT_COLUMNS if c in names]
-
-
-def _event_batches(task: EventTask, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    if task.kind == "parquet":
-        f = pq.ParquetFile(task.path)
-        yield from f.iter_batches(batch_size=_EVENT_BATCH_ROWS, row_groups=list(task.row_groups),
-                                  columns=columns, use_threads=False)
-        return
-    from features.io import _csv_header
-
-    header = _csv_header(Path(task.path))
-    convert = pa_csv.ConvertOptions(
-        column_types={c: pa.large_string() for c in header}, include_columns=columns,
-        null_values=list(CSV_NULL_VALUES), strings_can_be_null=True, quoted_strings_can_be_null=False,
-    )
-    reader = pa_csv.open_csv(task.path, convert_options=convert,
-                             read_options=pa_csv.ReadOptions(block_size=64 << 20))
-    yield from reader
+        return None
+    latest = None
+    try:
+        for f in table_files(path):
+            pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
+            if "ts" not in pf.schema_arrow.names or not pa.types.is_timestamp(pf.schema_arrow.field("ts").type):
+                return None
+            for batch in pf.iter_batches(batch_size=1 << 20, columns=["ts"], use_threads=False):
+                m = pc.max(batch.column(0)).as_py()
+                if m is not None:
+                    m = pd.Timestamp(m)
+                    m = m.tz_convert("UTC").tz_localize(None) if m.tzinfo else m
+                    latest = m if latest is None else max(latest, m)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"events: cannot read {path.name}: {safe_reason(e)}") from None
+    return latest
 
 
 # ---------------------------------------------------------------------------
-# Preparation: contacts + stages hygiene, buckets, events split by bucket
+# Preparation, step 1: link the whole base from its key columns
 # ---------------------------------------------------------------------------
 
 
 @dataclass
 class ContactIndex:
-    """What the events pass needs to attach an event to its (canonical) contact's bucket."""
+    """What the slices need to attach a row to its (canonical) contact's bucket.
 
-    known: pa.Array  # every validated contact id (before deduplication), large_string
-    canonical: pa.Array  # canonical id of each known id, large_string
-    bucket: np.ndarray  # bucket of each known id's canonical contact, int32
-    remap: bool
+    Saved by step 1 as an uncompressed Arrow IPC file that the workers memory-map (no
+    decoding), ids sorted in the order of their look-up hashes (:class:`IdLookup`), so that a
+    worker holds about 30 bytes per contact.
+    """
+
+    known: pa.Array  # every validated contact id (before deduplication), string
+    canonical: np.ndarray  # position in ``known`` of each id's canonical id (int32)
+    bucket: np.ndarray  # bucket of each known id's canonical contact (int32)
+    remap: bool  # some id is merged into another id
     export: pd.Timestamp
+    lookup: IdLookup = field(repr=False)
+
+    @classmethod
+    def build(cls, known: pa.Array, canonical: np.ndarray, bucket: np.ndarray, remap: bool,
+              export: pd.Timestamp) -> ContactIndex:
+        """The index of ``known`` ids (any order), reordered for the look-up."""
+        known = known.cast(pa.string()) if pa.types.is_large_string(known.type) else known
+        lookup = IdLookup(known)
+        if lookup.order is not None:
+            order = lookup.order
+            where = np.empty(len(order), dtype=np.int32)
+            where[order] = np.arange(len(order), dtype=np.int32)
+            known = known.take(pa.array(order))
+            canonical, bucket = where[np.asarray(canonical)[order]], np.asarray(bucket)[order]
+            lookup = IdLookup(known, prepared=(lookup.hashes, lookup.width))
+        return cls(known, np.asarray(canonical, dtype=np.int32), np.asarray(bucket, dtype=np.int32),
+                   remap, export, lookup)
+
+    def canonical_ids(self, codes: np.ndarray) -> pa.Array:
+        """The canonical id of each known id (``codes``: positions in ``known``)."""
+        return self.known.take(pa.array(self.canonical[codes]))
 
     def save(self, path: Path) -> None:
-        pq.write_table(pa.table({"known": self.known, "canonical": self.canonical,
-                                 "bucket": pa.array(self.bucket, pa.int32())}), path)
+        n = len(self.known)
+        hashes = self.lookup.hashes if self.lookup.width else np.zeros(n, dtype=np.uint64)
+        table = pa.table({"known": self.known, "canonical": pa.array(self.canonical, pa.int32()),
+                          "bucket": pa.array(self.bucket, pa.int32()),
+                          "hash": pa.array(hashes, pa.uint64())})
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(n, 1))
         path.with_suffix(".json").write_text(json.dumps(
-            {"remap": self.remap, "export": str(self.export)}))
+            {"remap": self.remap, "export": str(self.export), "width": self.lookup.width}))
 
     @classmethod
     def load(cls, path: Path) -> ContactIndex:
-        t = pq.read_table(path)
+        source = pa.memory_map(str(path))  # the arrays below keep the map alive
+        t = pa.ipc.open_file(source).read_all()
         meta = json.loads(path.with_suffix(".json").read_text())
-        return cls(t.column("known").combine_chunks(), t.column("canonical").combine_chunks(),
-                   t.column("bucket").to_numpy(), meta["remap"], pd.Timestamp(meta["export"]))
+        col = {name: t.column(name).combine_chunks() for name in t.column_names}
+        known = col["known"]
+        lookup = IdLookup(known, prepared=(col["hash"].to_numpy(), meta["width"]))
+        return cls(known, col["canonical"].to_numpy(), col["bucket"].to_numpy(), meta["remap"],
+                   pd.Timestamp(meta["export"]), lookup)
 
 
-def contact_index(raw_ids: pd.Series, id_map: pd.DataFrame, canonical_ids: pd.Series,
-                  n_buckets: int, export: pd.Timestamp) -> ContactIndex:
-    """Known ids -> canonical ids (as :func:`features.hygiene.clean` maps them) -> bucket."""
-    known = pa.array(raw_ids.dropna().unique().astype(object), type=pa.large_string())
-    known_ids = pd.Series(known.to_numpy(zero_copy_only=False), dtype=object)
-    moved = known_ids.map(pd.Series(id_map["contact_id"].to_numpy(dtype=object),
-                                    index=id_map["duplicate_id"].to_numpy(dtype=object)))
-    canonical = moved.fillna(known_ids).to_numpy(dtype=object)
-    buckets = bucket_of(canonical, n_buckets)
-    return ContactIndex(known, pa.array(canonical, type=pa.large_string()), buckets,
-                        bool(len(id_map)), export)
+_MIX1, _MIX2, _SHIFT = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
 
 
-def attach_events(batch: pd.DataFrame, row_offset: int, index: ContactIndex
-                  ) -> tuple[pa.Table, np.ndarray, pd.DataFrame, dict[str, int]]:
-    """Validate a batch of raw events and attach each to its canonical contact and bucket.
+def _word_hash(ids: pa.Array, width: int) -> np.ndarray:
+    """64-bit hash of ASCII strings of at most ``width`` bytes (a multiple of 8): padded to
+    ``width``, read as 64-bit words, each mixed in (murmur3's finaliser). Vectorised."""
+    padded = pc.ascii_rpad(ids, width=width, padding=" ")
+    n = len(padded)
+    if n == 0:
+        return np.zeros(0, dtype=np.uint64)
+    wide = pa.types.is_large_string(padded.type)
+    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64 if wide else np.int32, count=n + 1,
+                            offset=padded.offset * (8 if wide else 4))
+    data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    words = data.view(np.uint64).reshape(n, width // 8)
+    h = np.zeros(n, dtype=np.uint64)
+    for j in range(width // 8):
+        h ^= words[:, j]
+        h ^= h >> _SHIFT
+        h *= _MIX1
+        h ^= h >> _SHIFT
+        h *= _MIX2
+        h ^= h >> _SHIFT
+    return h
 
-    The loader's validation (:func:`features.io.validate_tables`) and hygiene's rule
-    (``features.hygiene.clean``: an unknown contact, then a future timestamp, make a reject;
-    a duplicate's events move to the canonical id), applied batch by batch.
+
+class IdLookup:
+    """Exact look-up of ids in a fixed set of millions, built once and then cheap per batch.
+
+    ``pyarrow.compute.index_in`` rebuilds its hash table of the whole set on every call: with
+    4M contacts that is ~1 s per batch of 1M events, more than everything else done to the
+    batch. Here the set's 64-bit hashes are sorted once; a batch is hashed, its (sorted) hashes
+    searched, and every hit checked against the id itself, so the answer is exact. Sets the
+    hash cannot serve (non-ASCII ids, two ids with the same hash) use ``index_in``.
+    """
+
+    def __init__(self, known: pa.Array, prepared: tuple[np.ndarray, int] | None = None) -> None:
+        self.known = known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known
+        #: where the hash order puts each id (None: ``known`` is already in that order)
+        self.order: np.ndarray | None = None
+        if prepared is not None:  # ``known`` sorted by hash, as ContactIndex saves it
+            self.hashes, self.width = prepared
+            return
+        self.width = 0
+        self.hashes = np.zeros(0, dtype=np.uint64)
+        n = len(self.known)
+        if n and self.known.null_count == 0 and pc.all(pc.string_is_ascii(self.known)).as_py():
+            width = max(8, -(-pc.max(pc.binary_length(self.known)).as_py() // 8) * 8)
+            step = 1 << 20
+            h = np.concatenate([_word_hash(self.known.slice(i, step), width) for i in range(0, n, step)])
+            order = np.argsort(h, kind="stable")
+            hashes = h[order]
+            if not (hashes[1:] == hashes[:-1]).any():
+                self.hashes, self.width = hashes, width
+                if (order != np.arange(n)).any():
+                    self.order = order.astype(np.int32)
+
+    def index(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Position of each id in the set (int64), -1 where it is not in the set."""
+        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+        if not self.width:
+            codes = pc.index_in(ids, value_set=self.known)
+            return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        fits = np.asarray(pc.fill_null(pc.and_(
+            pc.string_is_ascii(ids), pc.less_equal(pc.binary_length(ids), self.width)), False
+        ).to_numpy(zero_copy_only=False), dtype=bool)
+        rows = np.flatnonzero(fits)
+        if not len(rows):
+            return out
+        some = ids if len(rows) == len(ids) else ids.take(pa.array(rows))
+        h = _word_hash(some, self.width)
+        q = np.argsort(h)  # sorted queries: a binary search close to the previous one
+        found = np.empty(len(h), dtype=np.int64)
+        found[q] = np.minimum(np.searchsorted(self.hashes, h[q]), len(self.hashes) - 1)
+        cand = found if self.order is None else self.order[found].astype(np.int64)
+        same = (self.hashes[found] == h) & np.asarray(
+            pc.equal(some, self.known.take(pa.array(cand))).to_numpy(zero_copy_only=False), dtype=bool)
+        out[rows[same]] = cand[same]
+        return out
+
+
+@dataclass
+class BaseKeys:
+    """Step 1's result: every valid contact row linked to its canonical contact and bucket."""
+
+    rows: np.ndarray  # input row of each valid contact row, ascending (int64)
+    bucket: np.ndarray  # bucket of its canonical contact (int32)
+    index: ContactIndex
+    rejects: pd.DataFrame  # contacts rows rejected by validation and as duplicates
+    as_of: pd.Timestamp
+    export: pd.Timestamp
+    n_buckets: int
+    bucket_sizes: list[int]  # canonical contacts per bucket
+    contacts_read: int
+    contacts: int  # canonical contacts
+    columns: dict[str, list[str]]  # the columns each table's slices read
+    slices: list[TableSlice]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def save(self, prep: Path) -> dict[str, Any]:
+        """Write to ``prep`` (``keys.json`` last: the step's commit); returns the JSON."""
+        np.save(prep / "keys_rows.npy", self.rows)
+        np.save(prep / "keys_bucket.npy", self.bucket)
+        self.index.save(prep / "index.arrow")
+        pq.write_table(pa.Table.from_pandas(self.rejects, schema=REJECT_SCHEMA, preserve_index=False),
+                       prep / "rejects.parquet")
+        info = {"as_of": str(self.as_of), "export": str(self.export), "n_buckets": self.n_buckets,
+                "bucket_sizes": self.bucket_sizes, "contacts_read": self.contacts_read,
+                "contacts": self.contacts, "columns": self.columns,
+                "slices": [asdict(s) for s in self.slices], "seconds": self.seconds}
+        write_text_atomic(prep / "keys.json", json.dumps(info))
+        return info
+
+
+def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size: int) -> BaseKeys:
+    """Step 1: read the key columns of the whole base and link duplicates; bucket every contact.
+
+    Only ``contact_id``, ``created_at`` and ``email`` of the contacts are read (in batches: the
+    emails are normalised batch by batch), and the stage changes' timestamps for the data's end.
+    Memory: the key columns and their links (about 0.2 GB per million contacts at the step's
+    peak), never the contact rows.
+    """
+    from features.hygiene import DUPLICATE_CONTACT, canonical_rows, normalise_email
+
+    t0 = time.perf_counter()
+    columns = {name: table_columns(paths[name], spec, SLICE_COLUMNS[name])
+               for name, spec in schema.TABLES.items()}
+    slices = [sl for name in schema.TABLES
+              for sl in plan_slices(paths[name], name, rows_per_slice=_SLICE_ROWS[name])]
+    checks = TableChecks()
+    key_cols = [c for c in ("contact_id", "created_at", "email") if c in columns["contacts"]]
+    rows, ids, created, emails, rejects = [], [], [], [], []
+    read = 0
+    for sl in (s for s in slices if s.table == "contacts"):
+        offset = sl.row_offset
+        for raw in read_slice(sl, key_cols, batch_rows=_KEY_BATCH_ROWS):
+            t = validate_tables(raw, pd.DataFrame(), pd.DataFrame(), checks=checks, row_offset=offset)
+            offset += len(raw)
+            read += len(raw)
+            c = t.contacts
+            rejects.append(t.rejects)
+            rows.append(c.index.to_numpy().astype(np.int64))
+            ids.append(_arrow_str(c["contact_id"]))
+            created.append(c["created_at"].to_numpy(dtype="datetime64[us]"))
+            emails.append(_arrow_str(normalise_email(c["email"])))
+            del t, c, raw
+    # the data's end: the last valid stage change (stages are read again, in slices, in step 2)
+    end = None
+    stage_cols = columns["stages"]
+    for sl in (s for s in slices if s.table == "stages"):
+        offset = sl.row_offset
+        for raw in read_slice(sl, stage_cols, batch_rows=_SLICE_BATCH_ROWS["stages"]):
+            st = validate_tables(pd.DataFrame(), pd.DataFrame(), raw, checks=checks,
+                                 row_offset=offset).stages
+            offset += len(raw)
+            if len(st):
+                m = pd.Timestamp(st["ts"].max())
+                end = m if end is None else max(end, m)
+    checks.raise_errors()
+    t1 = time.perf_counter()
+    n = int(sum(len(r) for r in rows))
+    if n == 0:
+        raise DataError("contacts: no valid contacts: the base is empty, nothing to score")
+    if end is None:
+        end = _events_end(paths["events"]) or data_end(pd.DataFrame({"ts": []}), pd.DataFrame({"ts": []}))
+    as_of = as_of_opt if as_of_opt is not None else end
+    export = max(as_of, end)
+
+    rows_np = np.concatenate(rows)
+    id_arr = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.large_string()).combine_chunks()
+    del ids
+    id_s = _str_frame_col(id_arr)
+    email_arr = pa.chunked_array([c for a in emails for c in a.chunks], type=pa.large_string())
+    del emails
+    canonical_of = canonical_rows(id_s, np.concatenate(created), _str_frame_col(email_arr))
+    del created, email_arr
+    if canonical_of is None:
+        canonical_of = np.arange(n, dtype=np.int64)
+    is_canonical = canonical_of == np.arange(n)
+    n_contacts = int(is_canonical.sum())
+    n_buckets = max(1, math.ceil(n_contacts / chunk_size))
+    canon_pos = np.flatnonzero(is_canonical)
+    row_bucket = np.zeros(n, dtype=np.int32)
+    for start in range(0, len(canon_pos), _KEY_BATCH_ROWS):  # Python strings, a batch at a time
+        pos = canon_pos[start:start + _KEY_BATCH_ROWS]
+        row_bucket[pos] = bucket_of(id_arr.take(pa.array(pos)).to_numpy(zero_copy_only=False), n_buckets)
+    row_bucket = row_bucket[canonical_of]
+    sizes = np.bincount(row_bucket[is_canonical], minlength=n_buckets).tolist()
+
+    # known ids -> canonical id and bucket (every row of an id is in that id's group)
+    encoded = pc.dictionary_encode(id_arr)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    first = np.unique(codes, return_index=True)[1]  # first row of each known id
+    canonical = codes[canonical_of[first]]  # position (in known) of its canonical id
+    remap = bool((canonical != np.arange(len(first))).any())
+    index = ContactIndex.build(encoded.dictionary, canonical, row_bucket[first], remap, export)
+    del encoded, codes
+
+    dups = ~is_canonical
+    if dups.any():
+        frame = pd.DataFrame({"contact_id": id_s}).set_axis(pd.Index(rows_np, name="row"))
+        rejects.append(make_rejects(frame, dups, "contacts", DUPLICATE_CONTACT))
+    return BaseKeys(rows_np, row_bucket, index, concat_rejects(rejects), as_of, export, n_buckets,
+                    sizes, read, n_contacts, columns, slices,
+                    {"link_read": t1 - t0, "link": time.perf_counter() - t1})
+
+
+def _str_frame_col(arr: pa.Array | pa.ChunkedArray) -> pd.Series:
+    """An Arrow string array as a pandas ``str`` Series (no copy)."""
+    out = (arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])).to_pandas()
+    return out if out.dtype == _STR else out.astype(_STR)
+
+
+def _prepare_keys(paths: dict[str, Path], prep_dir: str, as_of_opt: pd.Timestamp | None,
+                  chunk_size: int) -> dict[str, Any]:
+    """Step 1 written to ``prep_dir``. Runs in a child process when there are workers: its memory
+    (the key columns of the whole base) goes back to the system before step 2 starts."""
+    return link_base(paths, as_of_opt, chunk_size).save(Path(prep_dir))
+
+
+# ---------------------------------------------------------------------------
+# Preparation, step 2: every table in slices, each row to its contact's bucket
+# ---------------------------------------------------------------------------
+
+
+def attach_rows(batch: pd.DataFrame, table: str, row_offset: int, index: ContactIndex, *,
+                checks: TableChecks | None = None, keys: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[pa.Table, np.ndarray, pd.DataFrame, dict[str, int]]:
+    """Validate a batch of raw rows of ``table`` and give each kept row its bucket.
+
+    The loader's validation (:func:`features.io.validate_tables`, table-level checks counted
+    into ``checks``) and then, for events and stage changes, hygiene's rule
+    (:func:`features.hygiene.clean`: an unknown contact, then a future timestamp, make a
+    reject; a duplicate's rows move to the canonical id). Contacts keep every valid row
+    (duplicates too: :func:`features.hygiene.clean_contacts` merges them chunk by chunk) and
+    take their bucket from step 1's ``keys`` (rows, bucket); their rejects were written by step 1.
 
     Returns
     -------
-    events, bucket, rejects, unknown_event_types
-        Clean events (:data:`EVENT_FILE_SCHEMA`), their bucket, the rejected rows (``row``
-        counted from the start of the table) and the unknown event types mapped to "other".
+    rows, bucket, rejects, unknown_event_types
+        Kept rows (:data:`SLICE_SCHEMAS`), their bucket, the rejected rows (``row`` counted
+        from the start of the table) and the unknown event types mapped to "other".
     """
     from features.hygiene import FUTURE_TIMESTAMP, UNKNOWN_CONTACT
 
-    tables = validate_tables(pd.DataFrame(), batch, pd.DataFrame())
-    ev = tables.events
-    rejects = [tables.rejects.assign(row=tables.rejects["row"] + row_offset)]
-    ids = _arrow_str(ev["contact_id"])
-    codes = pc.index_in(ids, value_set=index.known)
-    unknown = np.asarray(pc.is_null(codes).to_numpy(zero_copy_only=False), dtype=bool)
-    future = (ev["ts"] > index.export).to_numpy() & ~unknown
+    frames = {"contacts": pd.DataFrame(), "events": pd.DataFrame(), "stages": pd.DataFrame(), table: batch}
+    tables = validate_tables(frames["contacts"], frames["events"], frames["stages"], checks=checks,
+                             row_offset=row_offset)
+    if table == "contacts":
+        c = tables.contacts
+        rows = c.index.to_numpy().astype(np.int64)
+        key_rows, key_bucket = keys
+        lo, hi = np.searchsorted(key_rows, [row_offset, row_offset + len(batch)])
+        if hi - lo != len(rows) or not np.array_equal(key_rows[lo:hi], rows):
+            raise RuntimeError("contacts: the rows differ from the first reading (the file changed?)")
+        data = {col: c[col] for col in schema.CONTACTS.columns}
+        out = pa.Table.from_pandas(pd.DataFrame(data).reset_index(drop=True), preserve_index=False)
+        out = out.append_column("row", pa.array(rows)).cast(SLICE_SCHEMAS["contacts"])
+        return out, key_bucket[lo:hi], empty_rejects(), {}
+    frame = getattr(tables, table)
+    rejects = [tables.rejects]
+    ids = _arrow_str(frame["contact_id"])
+    codes = index.lookup.index(ids)  # position in index.known, -1: not a contact
+    unknown = codes < 0
+    future = (frame["ts"] > index.export).to_numpy() & ~unknown
     drop = unknown | future
     if drop.any():
-        rows = ev.index.to_numpy().astype(np.int64) + row_offset
+        rows = frame.index.to_numpy().astype(np.int64)
         rejects.append(pd.DataFrame({
-            "table": "events", "row": rows[drop],
-            "contact_id": ev["contact_id"].to_numpy(dtype=object)[drop],
+            "table": table, "row": rows[drop],
+            "contact_id": frame["contact_id"].to_numpy(dtype=object)[drop],
             "reason": np.where(unknown[drop], UNKNOWN_CONTACT, FUTURE_TIMESTAMP),
         }))
     keep = ~drop
-    code_np = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)[keep]
-    table = pa.table({
-        "contact_id": ids,
-        "ts": pa.array(ev["ts"].to_numpy(dtype="datetime64[us]"), pa.timestamp("us")),
-        "event_type": _arrow_str(ev["event_type"]),
-        "campaign_id": _arrow_str(ev["campaign_id"]),
-    }, schema=EVENT_FILE_SCHEMA)
+    code_np = codes[keep]
+    cols = {"contact_id": ids,
+            "ts": pa.array(frame["ts"].to_numpy(dtype="datetime64[us]"), pa.timestamp("us"))}
+    for col in SLICE_SCHEMAS[table].names[2:]:
+        cols[col] = _arrow_str(frame[col])
+    out = pa.table(cols, schema=SLICE_SCHEMAS[table])
     if drop.any():
-        table = table.filter(pa.array(keep))
-    if index.remap and table.num_rows:
-        table = table.set_column(0, "contact_id", pc.take(index.canonical, pa.array(code_np)))
-    return table, index.bucket[code_np], concat_rejects(rejects), tables.unknown_event_types
+        out = out.filter(pa.array(keep))
+    if index.remap and out.num_rows:
+        out = out.set_column(0, "contact_id", index.canonical_ids(code_np).cast(pa.large_string()))
+    unknown_types = tables.unknown_event_types if table == "events" else {}
+    return out, index.bucket[code_np], concat_rejects(rejects), unknown_types
 
 
 def _arrow_str(s: pd.Series) -> pa.ChunkedArray:
@@ -754,100 +999,157 @@ def _arrow_str(s: pd.Series) -> pa.ChunkedArray:
     return arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
 
 
-def _event_task(task: EventTask, columns: list[str], index_path: str, n_buckets: int,
-                out_dir: str) -> dict[str, Any]:
-    """Worker: one slice of the events table -> one Parquet file per bucket (+ rejects)."""
-    index = _cached_index(index_path)
-    out = Path(out_dir) / f"t{task.index:05d}"
-    if out.exists():
-        return json.loads((out / "stats.json").read_text()) | {"task": task.index}
+def _slice_task(sl: TableSlice, columns: list[str], prep_dir: str, n_buckets: int) -> dict[str, Any]:
+    """Worker: one slice of a table -> one Parquet file per bucket (+ rejects, stats), committed
+    by renaming its directory (``prep/<table>/t<index>``)."""
+    prep = Path(prep_dir)
+    out = prep / sl.table / f"t{sl.index:05d}"
+    if out.exists():  # committed by an earlier (interrupted) run, or by an orphaned worker
+        return json.loads((out / "stats.json").read_text()) | {"table": sl.table, "task": sl.index}
+    index = _cached_index(str(prep / "index.arrow"))
+    keys = _cached_keys(prep_dir) if sl.table == "contacts" else None
     tmp = _tmp_name(out)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    parts: dict[int, list[pa.Table]] = {}  # the task's events of each bucket (a few hundred MB)
+    parts: dict[int, list[pa.Table]] = {}  # the slice's rows of each bucket (a few hundred MB)
     rejects: list[pd.DataFrame] = []
     unknown: dict[str, int] = {}
-    offset, rows, kept = task.row_offset, 0, 0
-    try:
-        for batch in _event_batches(task, columns):
-            raw = _batch_frame(batch)
-            ev, bucket, rej, unk = attach_events(raw, offset, index)
-            offset += batch.num_rows
-            rows += batch.num_rows
-            kept += ev.num_rows
+    checks = TableChecks()
+    offset, rows, kept = sl.row_offset, 0, 0
+    for raw in read_slice(sl, columns, batch_rows=_SLICE_BATCH_ROWS[sl.table]):
+        got, bucket, rej, unk = attach_rows(raw, sl.table, offset, index, checks=checks, keys=keys)
+        offset += len(raw)
+        rows += len(raw)
+        kept += got.num_rows
+        del raw
+        if len(rej):
             rejects.append(rej)
-            for k, v in unk.items():
-                unknown[k] = unknown.get(k, 0) + v
-            if not ev.num_rows:
-                continue
-            order = np.argsort(bucket, kind="stable")
-            table = ev.take(pa.array(order))
-            counts = np.bincount(bucket, minlength=n_buckets)
-            start = 0
-            for k in np.flatnonzero(counts):
-                parts.setdefault(int(k), []).append(table.slice(start, counts[k]))
-                start += counts[k]
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"events: cannot read {Path(task.path).name}: {_safe(e)}") from None
+        for k, v in unk.items():
+            unknown[k] = unknown.get(k, 0) + v
+        if not got.num_rows:
+            continue
+        order = np.argsort(bucket, kind="stable")
+        got = got.take(pa.array(order))
+        counts = np.bincount(bucket, minlength=n_buckets)
+        start = 0
+        for k in np.flatnonzero(counts):
+            parts.setdefault(int(k), []).append(got.slice(start, counts[k]))
+            start += counts[k]
     # one file and row group per bucket: many buckets x small slices would make tiny row groups
     for k in sorted(parts):
         pq.write_table(pa.concat_tables(parts.pop(k)).combine_chunks(), tmp / f"b{k:05d}.parquet",
                        compression="lz4", row_group_size=1 << 22)
     rej = concat_rejects(rejects)
-    pq.write_table(pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False),
-                   tmp / "rejects.parquet")
-    (tmp / "stats.json").write_text(json.dumps({"rows": rows, "kept": kept, "unknown": unknown}))
+    if len(rej):
+        pq.write_table(pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False),
+                       tmp / "rejects.parquet")
+    stats = {"rows": rows, "kept": kept, "unknown": unknown, "checks": checks.to_dict()}
+    (tmp / "stats.json").write_text(json.dumps(stats))
     try:
-        os.replace(tmp, out)  # the task's commit
+        os.replace(tmp, out)  # the slice's commit
     except OSError:  # committed meanwhile by an orphaned worker of a killed run: same content
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"task": task.index, "rows": rows, "kept": kept}
+    return stats | {"table": sl.table, "task": sl.index}
 
 
-def _batch_frame(batch: pa.RecordBatch) -> pd.DataFrame:
-    """A raw Arrow batch as the loader hands tables to validation (ids as text)."""
-    cols = {}
-    for name, col in zip(batch.schema.names, batch.columns):
-        kind = schema.EVENTS.columns.get(name)
-        if kind in ("id", "str") and (pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
-            col = pc.cast(col, pa.large_string())
-        cols[name] = col
-    return pa.table(cols).to_pandas()
-
-
-_INDEX_CACHE: dict[str, ContactIndex] = {}
+_INDEX_CACHE: dict[str, Any] = {}
 
 
 def _cached_index(path: str) -> ContactIndex:
-    if path not in _INDEX_CACHE:
-        _INDEX_CACHE.clear()
-        _INDEX_CACHE[path] = ContactIndex.load(Path(path))
-    return _INDEX_CACHE[path]
+    """Step 1's contact index, loaded once per worker process (per run)."""
+    key = f"index:{path}:{os.stat(path).st_mtime_ns}"
+    if _INDEX_CACHE.get("index_key") != key:
+        _INDEX_CACHE.update(index_key=key, index=ContactIndex.load(Path(path)))
+    return _INDEX_CACHE["index"]
 
 
-def read_contacts_and_stages(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Raw contacts and stages as the loader reads them (events are streamed separately)."""
-    from features.io import _read_table
+def _cached_keys(prep_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1's rows and buckets (memory-mapped: a slice touches only its rows)."""
+    prep = Path(prep_dir)
+    key = f"keys:{prep}:{os.stat(prep / 'keys_rows.npy').st_mtime_ns}"
+    if _INDEX_CACHE.get("keys_key") != key:
+        _INDEX_CACHE.update(keys_key=key, keys=(np.load(prep / "keys_rows.npy", mmap_mode="r"),
+                                                np.load(prep / "keys_bucket.npy", mmap_mode="r")))
+    return _INDEX_CACHE["keys"]
 
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
-    return (_read_table(data_dir, schema.CONTACTS, None),
-            _read_table(data_dir, schema.STAGE_CHANGES, None))
+
+def _read_parts(prep: Path, table: str, k: int) -> pa.Table:
+    """Bucket ``k``'s rows of ``table`` from every slice, in input order."""
+    files = sorted((prep / table).glob(f"{_TASK_DIRS}/b{k:05d}.parquet"))
+    if not files:
+        return SLICE_SCHEMAS[table].empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=SLICE_SCHEMAS[table]) for f in files])
 
 
-def _events_end(path: Path) -> pd.Timestamp | None:
-    """Latest event timestamp (only needed when there are no stage changes)."""
-    if not path.name.endswith(".parquet"):
-        return None
-    import pyarrow.dataset as pa_ds
+def bucket_contacts(rows: pa.Table) -> pd.DataFrame:
+    """A bucket's valid contact rows (duplicates included) -> its clean contacts, as
+    :func:`features.hygiene.clean` makes them within the whole base: every duplicate of a
+    contact is in its canonical contact's bucket. Columns :data:`CONTACT_COLUMNS` + ``row``."""
+    from features.hygiene import clean_contacts
 
-    col = pa_ds.dataset(path, format="parquet").to_table(columns=["ts"]).column("ts")
-    if not pa.types.is_timestamp(col.type):
-        return None
-    m = pc.max(col).as_py()
-    return None if m is None else pd.Timestamp(m).tz_localize(None) if pd.Timestamp(m).tzinfo else pd.Timestamp(m)
+    frame = rows.to_pandas()
+    frame = frame.drop(columns="row").set_axis(pd.Index(frame["row"].to_numpy(), name="row"))
+    contacts, _, _ = clean_contacts(frame)
+    keep = [c for c in CONTACT_COLUMNS if c in contacts.columns]
+    out = pa.Table.from_pandas(contacts[keep], preserve_index=False)
+    out = out.append_column("row", pa.array(contacts.index.to_numpy().astype(np.int64)))
+    return out.cast(CHUNK_CONTACT_SCHEMA).to_pandas()
+
+
+def _prepare(paths: dict[str, Path], ws: Workspace, as_of_opt: pd.Timestamp | None, chunk_size: int,
+             *, run: Runner, child: bool, console: Any | None) -> dict[str, Any]:
+    """Steps 1-2: the base linked and every table split by bucket into ``ws.prep``.
+
+    Step 1 is kept by ``--resume`` once finished, and so is every committed slice of step 2.
+    """
+    t0 = time.perf_counter()
+    keys_json = ws.prep / "keys.json"
+    if keys_json.exists():
+        info = json.loads(keys_json.read_text())
+    else:
+        shutil.rmtree(ws.prep, ignore_errors=True)
+        ws.prep.mkdir(parents=True)
+        if child:
+            with _pool(1) as pool:
+                info = pool.submit(_prepare_keys, paths, str(ws.prep), as_of_opt, chunk_size).result()
+        else:
+            info = _prepare_keys(paths, str(ws.prep), as_of_opt, chunk_size)
+    _say(console, f"{info['contacts']:,} contacts (of {info['contacts_read']:,} read) in "
+                  f"{info['n_buckets']} chunks; as-of {info['as_of']}")
+    t1 = time.perf_counter()
+    n_buckets = info["n_buckets"]
+    slices = [TableSlice(**{**d, "row_groups": tuple(d["row_groups"])}) for d in info["slices"]]
+    for name in schema.TABLES:
+        (ws.prep / name).mkdir(exist_ok=True)
+    total_rows = sum(s.rows for s in slices if s.rows >= 0)
+    calls = [(_slice_task, (sl, info["columns"][sl.table], str(ws.prep), n_buckets), sl.rows)
+             for sl in slices]
+    results: list[dict[str, Any]] = []
+
+    with Progress(console).task("reading", max(total_rows, 1), "rows") as advance:
+        def done(weight: int, r: dict[str, Any]) -> None:
+            results.append(r)
+            advance(weight if weight >= 0 else r["rows"])
+
+        run(calls, done)
+    checks = TableChecks()
+    unknown: dict[str, int] = {}
+    kept = {name: 0 for name in schema.TABLES}
+    for r in sorted(results, key=lambda r: (list(schema.TABLES).index(r["table"]), r["task"])):
+        checks.update(r["checks"])
+        kept[r["table"]] += r["kept"]
+        for k, v in r["unknown"].items():
+            unknown[k] = unknown.get(k, 0) + v
+    checks.raise_errors()
+    t2 = time.perf_counter()
+    prep = {key: info[key] for key in ("as_of", "export", "n_buckets", "bucket_sizes",
+                                       "contacts_read", "contacts")}
+    prep.update(stages=kept["stages"], events=kept["events"], slices=len(slices),
+                unknown_event_types=dict(sorted(unknown.items(), key=lambda kv: -kv[1])),
+                seconds={**info["seconds"], "prepare_keys": t1 - t0, "prepare_slices": t2 - t1})
+    write_text_atomic(ws.prep / "done.json", json.dumps(prep))
+    return prep
 
 
 # ---------------------------------------------------------------------------
@@ -856,15 +1158,20 @@ def _events_end(path: Path) -> pd.Timestamp | None:
 
 
 class Workspace:
-    """``.<out>.work/`` next to the output: manifest, prepared inputs, committed chunks."""
+    """``.<out>.work/`` next to the output: manifest, prepared inputs, committed chunks.
 
-    def __init__(self, out: Path) -> None:
+    ``area``: a subdirectory for the prepared inputs and chunks (the Spark engine's), so
+    that it never touches an interrupted local run's work.
+    """
+
+    def __init__(self, out: Path, area: str | None = None) -> None:
         self.out = out
         self.root = out.parent / f".{out.name}.work"
+        self.area = self.root / area if area else self.root
         self.manifest_path = self.root / "manifest.json"
-        self.prep = self.root / "prep"
+        self.prep = self.area / "prep"
         self.events = self.prep / "events"
-        self.chunks = self.root / "chunks"
+        self.chunks = self.area / "chunks"
         self._lock: Any = None
 
     def exists(self) -> bool:
@@ -907,6 +1214,13 @@ class Workspace:
     def remove(self) -> None:
         self.unlock()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def remove_area(self) -> None:
+        """Remove the area, then the whole directory if nothing else is left in it."""
+        shutil.rmtree(self.area, ignore_errors=True)
+        self.unlock()
+        if self.root.exists() and all(p.name == "lock" for p in self.root.iterdir()):
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _tmp_name(path: Path) -> Path:
@@ -967,11 +1281,12 @@ def _score_chunk_task(k: int, prep_dir: str, chunks_dir: str, as_of: str, scored
     """Worker: score bucket ``k`` from the prepared files and commit it atomically."""
     t0 = time.perf_counter()
     prep = Path(prep_dir)
-    contacts = pq.read_table(prep / "contacts" / f"b{k:05d}.parquet").to_pandas()
-    stages = pq.read_table(prep / "stages" / f"b{k:05d}.parquet").to_pandas()
-    files = sorted((prep / "events").glob(f"{_TASK_DIRS}/b{k:05d}.parquet"))
-    events = (pa.concat_tables([pq.read_table(f) for f in files]).to_pandas() if files
-              else EVENT_FILE_SCHEMA.empty_table().to_pandas())
+    contacts = bucket_contacts(_read_parts(prep, "contacts", k))
+    expected = json.loads((prep / "keys.json").read_text())["bucket_sizes"][k]
+    if len(contacts) != expected:  # step 1 and the chunk must agree on who is a contact
+        raise RuntimeError(f"chunk {k}: {len(contacts)} contacts after hygiene, {expected} expected")
+    stages = _read_parts(prep, "stages", k).to_pandas()
+    events = _read_parts(prep, "events", k).to_pandas()
     t1 = time.perf_counter()
     res = score_chunk(contacts, events, stages, _WORKER["scorer"], as_of=pd.Timestamp(as_of),
                       scored_at=pd.Timestamp(scored_at), reasons=reasons, predict=_WORKER["predict"])
@@ -993,7 +1308,27 @@ def _pool(workers: int, initializer: Callable | None = None, initargs: tuple = (
                                initargs=initargs)
 
 
-def _run_tasks(pool: ProcessPoolExecutor, calls: list[tuple[Callable, tuple, int]],
+Call = tuple[Callable[..., Any], tuple, int]  # function, arguments, progress weight
+#: runs calls (in any order, in parallel where it can) and reports each result to ``on_done``
+Runner = Callable[[list[Call], Callable[[int, Any], None]], None]
+
+
+def local_runner(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Runner:
+    """A :data:`Runner` on a pool of ``workers`` processes (one: in this process)."""
+    def run(calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
+        if len(calls) > 1 and workers > 1:
+            with _pool(min(workers, len(calls)), initializer, initargs) as pool:
+                _run_tasks(pool, calls, on_done)
+            return
+        if initializer is not None and calls:
+            initializer(*initargs)
+        for fn, args, weight in calls:
+            on_done(weight, fn(*args))
+
+    return run
+
+
+def _run_tasks(pool: ProcessPoolExecutor, calls: list[Call],
                on_done: Callable[[int, Any], None]) -> None:
     """Submit every call, report each result as it completes; first error cancels the rest."""
     pending: dict[Future, int] = {pool.submit(fn, *args): weight for fn, args, weight in calls}
@@ -1216,7 +1551,6 @@ def _say(console: Any | None, msg: str) -> None:
 def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, workers: int,
                scorer: Any | None) -> BatchSummary:
     t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
     data = Path(opts.data)
     paths = {name: table_path(data, name) for name in schema.TABLES}
     inputs = fingerprint(list(paths.values()))
@@ -1260,17 +1594,31 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
         }
         ws.write_manifest(manifest)
     scored_at = pd.Timestamp(manifest["scored_at"])
+    threads = 1 if workers > 1 else max(os.cpu_count() or 1, 1)
+    summary = execute(opts, ws, paths, scorer, scored_at, engine="local",
+                      make_runner=lambda *init: local_runner(workers, *init), child=workers > 1,
+                      threads=threads, console=console)
+    summary.seconds["total"] = time.perf_counter() - t_start
+    return summary
 
-    # 1-3: preparation (skipped when a resumed run had finished it)
+
+def execute(opts: BatchOptions, ws: Workspace, paths: dict[str, Path], scorer: Any,
+            scored_at: pd.Timestamp, *, engine: str, make_runner: Callable[..., Runner], child: bool,
+            threads: int, console: Any | None) -> BatchSummary:
+    """Steps 1-5 in ``ws`` (each skipped where an interrupted run finished it), tasks run by
+    ``make_runner(initializer=None, initargs=())``: a process pool, or Spark's executors."""
+    seconds: dict[str, float] = {}
+    # 1-2: preparation
     prep = ws.prepared()
     if prep is None:
         t0 = time.perf_counter()
-        prep = _prepare(paths, ws, as_of_opt, opts.chunk_size, workers=workers, console=console)
+        prep = _prepare(paths, ws, _parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
+                        child=child, console=console)
         seconds["prepare"] = time.perf_counter() - t0
     as_of = pd.Timestamp(prep["as_of"])
     n_buckets = int(prep["n_buckets"])
 
-    # 4: chunks
+    # 3-4: chunks
     t0 = time.perf_counter()
     ws.chunks.mkdir(parents=True, exist_ok=True)
     for tmp in ws.chunks.glob("*.tmp"):
@@ -1279,28 +1627,20 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
     todo = [k for k in range(n_buckets) if k not in done]
     sizes = prep["bucket_sizes"]
     total = int(sum(sizes))
-    threads = 1 if workers > 1 else max(os.cpu_count() or 1, 1)
     info = scorer.info()
     with Progress(console).task("scoring", total, "contacts") as advance:
         if done:
             advance(int(sum(sizes[k] for k in done)))
         calls = [(_score_chunk_task, (k, str(ws.prep), str(ws.chunks), str(as_of), str(scored_at),
                                       opts.reasons), sizes[k]) for k in todo]
-        if len(todo) > 1 and workers > 1:
-            with _pool(min(workers, len(todo)), _init_worker, (scorer, threads)) as pool:
-                _run_tasks(pool, calls, lambda w, _: advance(w))
-        elif todo:
-            _init_worker(scorer, threads)
-            for fn, args, weight in calls:
-                fn(*args)
-                advance(weight)
+        make_runner(_init_worker, (scorer, threads))(calls, lambda w, _: advance(w))
     seconds["score"] = time.perf_counter() - t0
 
     # 5: assembly
     t0 = time.perf_counter()
-    summary = _assemble(opts, ws, prep, n_buckets, info, as_of, scored_at, console)
+    summary = _assemble(opts, ws, prep, n_buckets, info, as_of, scored_at, console, engine=engine,
+                        layout="file" if engine == "local" else "directory")
     seconds["assemble"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_start
     summary.seconds = {**seconds, **summary.seconds}
     summary.chunks_resumed = len(done)
     return summary
@@ -1333,165 +1673,27 @@ def _check_resumable(old: dict[str, Any], inputs: list[dict[str, Any]], opts: Ba
                          + ". Pass --overwrite (without --resume) to start again.")
 
 
-@dataclass
-class PreparedBase:
-    """Clean contacts and stage changes with their bucket, and what the events pass needs."""
-
-    contacts: pa.Table  # CONTACT_COLUMNS + row (input row) + bucket
-    stages: pa.Table  # STAGE_COLUMNS + bucket
-    rejects: pd.DataFrame  # contacts and stages rows rejected by validation and hygiene
-    index: ContactIndex
-    as_of: pd.Timestamp
-    export: pd.Timestamp
-    n_buckets: int
-    contacts_read: int
-    event_columns: list[str]
-    event_tasks: list[EventTask]
-
-    @property
-    def bucket_sizes(self) -> list[int]:
-        b = self.contacts.column("bucket").to_numpy()
-        return np.bincount(b, minlength=self.n_buckets).tolist()
-
-
-def prepare_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size: int,
-                 console: Any | None = None) -> PreparedBase:
-    """Steps 1-2: read, validate and clean contacts and stages; bucket every contact.
-
-    The as-of date defaults to the data's end (:func:`features.loading.data_end`). Rows up
-    to the data's end are not "future" even when an earlier as-of date is scored: they are
-    simply not visible yet at that date (the features ignore them).
-    """
-    from features.hygiene import clean
-    from features.io import Tables
-    from features.loading import data_end
-
-    event_cols = check_event_columns(paths["events"])
-    tasks = plan_event_tasks(paths["events"])
-    raw_contacts, raw_stages = read_contacts_and_stages(paths["contacts"].parent)
-    contacts_read = len(raw_contacts)
-    tables = validate_tables(raw_contacts, pd.DataFrame(), raw_stages)
-    del raw_contacts, raw_stages
-    if len(tables.contacts) == 0:
-        raise DataError("contacts: no valid contacts: the base is empty, nothing to score")
-    end = data_end(tables.stages, pd.DataFrame({"ts": []}))
-    if len(tables.stages) == 0:
-        end = _events_end(paths["events"]) or end
-    as_of = as_of_opt if as_of_opt is not None else end
-    export = max(as_of, end)
-    _say(console, f"read {len(tables.contacts):,} contacts and {len(tables.stages):,} stage changes; "
-                  f"as-of {as_of}")
-    cleaned = clean(Tables(tables.contacts, tables.events, tables.stages), export_date=export)
-    contacts = cleaned.contacts
-    n_buckets = max(1, math.ceil(len(contacts) / chunk_size))
-    index = contact_index(tables.contacts["contact_id"], cleaned.id_map, contacts["contact_id"],
-                          n_buckets, export)
-    keep_cols = [c for c in CONTACT_COLUMNS if c in contacts.columns]
-    ctab = pa.Table.from_pandas(contacts[keep_cols], preserve_index=False)
-    ctab = ctab.append_column("row", pa.array(contacts.index.to_numpy().astype("int64")))
-    ctab = ctab.append_column("bucket", pa.array(
-        bucket_of(contacts["contact_id"].to_numpy(dtype=object), n_buckets), pa.int32()))
-    stages = cleaned.stages
-    stab = pa.Table.from_pandas(stages[list(STAGE_COLUMNS)], preserve_index=False)
-    stab = stab.append_column("bucket", pa.array(
-        bucket_of(stages["contact_id"].to_numpy(dtype=object), n_buckets), pa.int32()))
-    return PreparedBase(ctab, stab, concat_rejects([tables.rejects, cleaned.rejects]), index, as_of,
-                        export, n_buckets, contacts_read, event_cols, tasks)
-
-
-def _split_by_bucket(table: pa.Table, n_buckets: int, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    bk = table.column("bucket").to_numpy()
-    order = np.argsort(bk, kind="stable")
-    table = table.take(pa.array(order)).drop_columns(["bucket"])
-    counts = np.bincount(bk, minlength=n_buckets)
-    start = 0
-    for k in range(n_buckets):
-        pq.write_table(table.slice(start, counts[k]), directory / f"b{k:05d}.parquet", compression="lz4")
-        start += counts[k]
-
-
-def _prepare_contacts(paths: dict[str, Path], prep_dir: str, as_of_opt: pd.Timestamp | None,
-                      chunk_size: int) -> dict[str, Any]:
-    """Steps 1-2 written to ``prep_dir``: bucketed contacts and stages, rejects, contact index.
-
-    Runs in a child process when there are workers: its memory (the whole contact base and its
-    hygiene) goes back to the system before the events pass and the chunks start.
-    """
-    prep = Path(prep_dir)
-    t0 = time.perf_counter()
-    base = prepare_base(paths, as_of_opt, chunk_size, None)
-    base.index.save(prep / "index.parquet")
-    t1 = time.perf_counter()
-    _split_by_bucket(base.contacts, base.n_buckets, prep / "contacts")
-    _split_by_bucket(base.stages, base.n_buckets, prep / "stages")
-    pq.write_table(pa.Table.from_pandas(base.rejects, schema=REJECT_SCHEMA, preserve_index=False),
-                   prep / "rejects.parquet")
-    return {"as_of": str(base.as_of), "export": str(base.export), "n_buckets": base.n_buckets,
-            "bucket_sizes": base.bucket_sizes, "contacts_read": base.contacts_read,
-            "contacts": base.contacts.num_rows, "stages": base.stages.num_rows,
-            "tasks": base.event_tasks, "event_columns": base.event_columns,
-            "seconds": {"contacts_and_stages": t1 - t0, "split_contacts": time.perf_counter() - t1}}
-
-
-def _prepare(paths: dict[str, Path], ws: Workspace, as_of_opt: pd.Timestamp | None, chunk_size: int,
-             *, workers: int, console: Any | None) -> dict[str, Any]:
-    """Steps 1-3 for the local engine: prepared inputs of every bucket in ``ws.prep``."""
-    shutil.rmtree(ws.prep, ignore_errors=True)
-    ws.prep.mkdir(parents=True)
-    t0 = time.perf_counter()
-    if workers > 1:
-        with _pool(1) as pool:
-            prep = pool.submit(_prepare_contacts, paths, str(ws.prep), as_of_opt, chunk_size).result()
-    else:
-        prep = _prepare_contacts(paths, str(ws.prep), as_of_opt, chunk_size)
-    _say(console, f"{prep['contacts']:,} contacts (of {prep['contacts_read']:,} read) and "
-                  f"{prep['stages']:,} stage changes; as-of {prep['as_of']}")
-    n_buckets = prep["n_buckets"]
-    tasks, event_cols = prep.pop("tasks"), prep.pop("event_columns")
-    prep["event_tasks"] = len(tasks)
-    seconds = prep.pop("seconds")
-    t2 = time.perf_counter()
-
-    # events, split by bucket, in parallel
-    ws.events.mkdir()
-    total_rows = sum(t.rows for t in tasks if t.rows >= 0)
-    calls = [(_event_task, (t, event_cols, str(ws.prep / "index.parquet"), n_buckets,
-                            str(ws.events)), t.rows) for t in tasks]
-    with Progress(console).task("events", max(total_rows, 1), "rows") as advance:
-        if len(tasks) > 1 and workers > 1:
-            with _pool(min(workers, len(tasks))) as pool:
-                _run_tasks(pool, calls, lambda w, r: advance(w if w >= 0 else r["rows"]))
-        else:
-            for fn, args, weight in calls:
-                r = fn(*args)
-                advance(weight if weight >= 0 else r["rows"])
-    t3 = time.perf_counter()
-    unknown: dict[str, int] = {}
-    for d in sorted(ws.events.glob(_TASK_DIRS)):
-        st = json.loads((d / "stats.json").read_text())
-        for k, v in st["unknown"].items():
-            unknown[k] = unknown.get(k, 0) + v
-    prep["unknown_event_types"] = dict(sorted(unknown.items(), key=lambda kv: -kv[1]))
-    prep["seconds"] = {**seconds, "prepare_contacts": t2 - t0, "events": t3 - t2}
-    write_text_atomic(ws.prep / "done.json", json.dumps(prep))
-    return prep
-
-
 def _reject_files(ws: Workspace, n_buckets: int) -> list[Path]:
     files = [ws.prep / "rejects.parquet"]
-    files += [d / "rejects.parquet" for d in sorted(ws.events.glob(_TASK_DIRS))]
+    for name in schema.TABLES:
+        files += [d / "rejects.parquet" for d in sorted((ws.prep / name).glob(_TASK_DIRS))]
     files += [ws.chunks / f"rejects-{k:05d}.parquet" for k in range(n_buckets)]
     return [f for f in files if f.exists()]
 
 
 def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets: int,
               info: dict[str, Any], as_of: pd.Timestamp, scored_at: pd.Timestamp,
-              console: Any | None) -> BatchSummary:
+              console: Any | None, *, engine: str = "local", layout: str = "file") -> BatchSummary:
+    """Step 5: summary, rejects, movers, then the output (the commit).
+
+    ``layout="file"``: one Parquet file for the scores and one for the rejects;
+    ``"directory"``: Parquet directories (``part-<chunk>.parquet``, ``_SUCCESS``), the chunk
+    files moved into place rather than copied.
+    """
     out = Path(opts.out).absolute()
     rejects_path = companion(out, "rejects")
     movers_path = companion(out, "movers") if opts.previous is not None else None
-    summary = BatchSummary(out=out, rejects_path=rejects_path, movers_path=movers_path, engine="local",
+    summary = BatchSummary(out=out, rejects_path=rejects_path, movers_path=movers_path, engine=engine,
                            scorer=info, as_of=as_of, scored_at=scored_at, chunks=n_buckets,
                            contacts_read=prep["contacts_read"], contacts=prep["contacts"],
                            unknown_event_types=prep["unknown_event_types"],
@@ -1508,8 +1710,15 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
 
     # rejects (streamed), then movers, then the output (the commit)
     tmp_rej = rejects_path.with_name(f".{rejects_path.name}.tmp")
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    for t in (tmp_out, tmp_rej):
+        _remove(t)
+    rej_file = tmp_rej
+    if layout == "directory":
+        tmp_rej.mkdir()
+        rej_file = tmp_rej / "part-00000.parquet"
     counts: dict[tuple[str, str], int] = {}
-    with pq.ParquetWriter(tmp_rej, REJECT_SCHEMA, compression="zstd") as w:
+    with pq.ParquetWriter(rej_file, REJECT_SCHEMA, compression="zstd") as w:
         for f in _reject_files(ws, n_buckets):
             t = pq.read_table(f, schema=REJECT_SCHEMA)
             if t.num_rows:
@@ -1520,15 +1729,24 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
     summary.rejects = pd.DataFrame(
         sorted(((t, r, n) for (t, r), n in counts.items()), key=lambda x: (order.get(x[0], 9), -x[2], x[1])),
         columns=["table", "reason", "rows"])
-    tmp_out = out.with_name(f".{out.name}.tmp")
     try:
-        with pq.ParquetWriter(tmp_out, OUTPUT_SCHEMA, compression="zstd") as w:
+        if layout == "directory":
+            tmp_out.mkdir()
             for k in range(n_buckets):
-                t = pq.read_table(ws.chunk_path(k))
-                if t.num_rows:
-                    w.write_table(t)
-        _fsync(tmp_out)
-        _fsync(tmp_rej)
+                if pq.read_metadata(ws.chunk_path(k)).num_rows:
+                    os.replace(ws.chunk_path(k), tmp_out / f"part-{k:05d}.parquet")
+            if not any(tmp_out.iterdir()):  # no scores at all: still a readable, typed directory
+                pq.write_table(OUTPUT_SCHEMA.empty_table(), tmp_out / "part-00000.parquet")
+            for d in (tmp_out, tmp_rej):
+                (d / "_SUCCESS").touch()
+        else:
+            with pq.ParquetWriter(tmp_out, OUTPUT_SCHEMA, compression="zstd") as w:
+                for k in range(n_buckets):
+                    t = pq.read_table(ws.chunk_path(k))
+                    if t.num_rows:
+                        w.write_table(t)
+            _fsync(tmp_out)
+            _fsync(tmp_rej)
         if opts.previous is not None:
             current = pd.read_parquet(tmp_out, columns=["contact_id", "band", "score", "probability"])
             previous = read_previous(Path(opts.previous))
@@ -1536,14 +1754,33 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
             del current, previous
             summary.previous = counts_prev
             write_parquet_atomic(pa.Table.from_pandas(movers, preserve_index=False), movers_path)
-        os.replace(tmp_rej, rejects_path)
-        os.replace(tmp_out, out)  # the commit
+        replace_path(tmp_rej, rejects_path)
+        replace_path(tmp_out, out)  # the commit
     finally:
         for t in (tmp_out, tmp_rej):
-            if t.exists():
-                t.unlink()
+            _remove(t)
     _say(console, f"wrote {summary.eligible:,} scores to {out}")
     return summary
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(tmp: Path, target: Path) -> None:
+    """Move a finished file or directory into place, replacing what is there (file or directory)."""
+    if not (target.is_dir() and not target.is_symlink()) and not tmp.is_dir():
+        os.replace(tmp, target)  # a file over a file: atomic
+        return
+    old = target.with_name(f".{target.name}.old")
+    _remove(old)
+    if target.exists() or target.is_symlink():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    _remove(old)
 
 
 def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | None = None
@@ -1631,7 +1868,7 @@ def read_previous(path: Path) -> pd.DataFrame:
                 raise ValueError(f"--previous {path.name}: required column {c!r} is missing")
         return ds.to_table(columns=cols).to_pandas()
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"--previous: cannot read {path.name}: {_safe(e)}") from None
+        raise DataError(f"--previous: cannot read {path.name}: {safe_reason(e)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - thin wrapper

@@ -13,9 +13,17 @@ import pytest
 from features import schema
 from features.io import (
     DataError,
+    TableChecks,
     Tables,
+    concat_rejects,
+    find_table,
+    plan_slices,
+    read_slice,
+    read_table,
     read_tables,
     rejects_summary,
+    safe_reason,
+    table_columns,
     to_text,
     validate_tables,
 )
@@ -434,3 +442,114 @@ def test_csv_wrong_column_type_is_a_data_error(tmp_path):
         DataError, match=r"^events\.ts: expected a timestamp, got a number in 100% of rows"
     ):
         read_tables(_write(tmp_path, "csv", frames))
+
+
+# ---------------------------------------------------------------------------
+# Tables in slices: read_slice + validate_tables(checks=...) == the whole table
+# ---------------------------------------------------------------------------
+
+
+def _validate_in_slices(path: Path, table: str, *, rows_per_slice: int, batch_rows: int):
+    """What batch rescoring does: a table read slice by slice, batch by batch, validated."""
+    spec = schema.TABLES[table]
+    checks = TableChecks()
+    columns = table_columns(path, spec)
+    frames, rejects = [], []
+    for sl in plan_slices(path, table, rows_per_slice=rows_per_slice):
+        offset = sl.row_offset
+        for raw in read_slice(sl, columns, batch_rows=batch_rows):
+            args = {"contacts": pd.DataFrame(), "events": pd.DataFrame(), "stages": pd.DataFrame()}
+            args[table] = raw
+            t = validate_tables(args["contacts"], args["events"], args["stages"], checks=checks,
+                                row_offset=offset)
+            offset += len(raw)
+            frames.append(getattr(t, table))
+            rejects.append(t.rejects)
+    return pd.concat(frames), concat_rejects(rejects), checks
+
+
+def _contacts_table(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    created = pd.Series(pd.date_range("2024-01-01", periods=n, freq="h").astype(str))
+    created[rng.random(n) < 0.05] = "not a date"
+    ids = pd.Series([f"c{i:04d}" for i in range(n)])
+    ids[rng.random(n) < 0.03] = None
+    return pd.DataFrame({"contact_id": ids, "created_at": created,
+                         "employees": np.where(rng.random(n) < 0.1, "many", "12"),
+                         "country": rng.choice(["de", "US", None], n)})
+
+
+@pytest.mark.parametrize("layout", ["one_file", "directory", "csv"])
+def test_a_table_read_and_validated_in_slices_equals_the_whole_table(tmp_path, layout):
+    frame = _contacts_table(1000)
+    if layout == "csv":
+        path = tmp_path / "contacts.csv"
+        frame.to_csv(path, index=False)
+    elif layout == "one_file":
+        path = tmp_path / "contacts.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=130)
+    else:  # a directory of files, read in the loader's order (sorted paths)
+        path = tmp_path / "contacts.parquet"
+        path.mkdir()
+        for i, start in enumerate(range(0, 1000, 300)):
+            pq.write_table(pa.Table.from_pandas(frame.iloc[start:start + 300], preserve_index=False),
+                           path / f"part-{i}.parquet", row_group_size=70)
+    whole = validate_tables(read_table(tmp_path, schema.CONTACTS), pd.DataFrame(), pd.DataFrame())
+    slices = plan_slices(path, "contacts", rows_per_slice=250)
+    assert len(slices) == (1 if layout == "csv" else 7)  # row groups joined up to 250 rows
+    assert [s.row_offset for s in slices] == sorted(s.row_offset for s in slices)
+    got, rejects, checks = _validate_in_slices(path, "contacts", rows_per_slice=250, batch_rows=64)
+    pd.testing.assert_frame_equal(got, whole.contacts)  # same rows, index (row numbers), dtypes
+    pd.testing.assert_frame_equal(rejects, whole.rejects)
+    checks.raise_errors()  # 10% bad employees: fine, as for the whole table
+
+
+def test_table_level_checks_are_decided_over_the_whole_table(tmp_path):
+    # "many" in 60% of the rows overall, but 100% of the first rows and 20% of the last ones
+    employees = ["many"] * 400 + ["12"] * 250 + ["many"] * 200 + ["12"] * 150
+    frame = _contacts_table(1000).assign(employees=employees)
+    path = tmp_path / "contacts.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=100)
+    raw = read_table(tmp_path, schema.CONTACTS)
+    with pytest.raises(DataError) as whole:
+        validate_tables(raw, pd.DataFrame(), pd.DataFrame())
+    _, _, checks = _validate_in_slices(path, "contacts", rows_per_slice=100, batch_rows=50)
+    with pytest.raises(DataError) as sliced:
+        checks.raise_errors()
+    assert str(sliced.value) == str(whole.value)
+    assert str(whole.value).startswith("contacts.employees: expected a number, got text in 60%")
+
+    # bad in the first slice only, 40% overall: no error, as for the whole table
+    frame = frame.assign(employees=["many"] * 400 + ["12"] * 600)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=100)
+    _, _, checks = _validate_in_slices(path, "contacts", rows_per_slice=100, batch_rows=50)
+    checks.raise_errors()
+    # tallies of slices validated elsewhere add up (JSON round trip)
+    combined = TableChecks()
+    for part in (checks.to_dict(), checks.to_dict()):
+        combined.update(part)
+    assert combined.tallies["contacts.employees.majority"]["bad"] == 800
+
+
+def test_required_column_empty_in_every_slice_is_an_error_once(tmp_path):
+    frame = pd.DataFrame({"contact_id": ["a", "b", "c", "d"], "ts": ["2024-01-01"] * 4,
+                          "stage": [None, " ", None, ""]})
+    path = tmp_path / "stages.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=2)
+    _, _, checks = _validate_in_slices(path, "stages", rows_per_slice=2, batch_rows=2)
+    with pytest.raises(DataError, match=r"^stages\.stage: required column is empty in all 4 rows$"):
+        checks.raise_errors()
+
+
+def test_slice_reading_errors_name_table_and_file(tmp_path):
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"contact_id": ["a"], "ts": ["2024-01-01"]}), path)
+    with pytest.raises(DataError, match=r"^events: required column 'event_type' is missing$"):
+        table_columns(path, schema.EVENTS)
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"^events: cannot read events\.parquet"):
+        plan_slices(path, "events", rows_per_slice=10)
+    assert find_table(tmp_path, "events") == path
+    with pytest.raises(DataError, match="stages: table is missing"):
+        find_table(tmp_path, "stages")
+    assert safe_reason(OSError("cannot open 'jane.doe@acme.com'")) == "cannot open …"

@@ -11,9 +11,13 @@ import pytest
 from features import schema
 from features.hygiene import (
     CleanResult,
+    canonical_rows,
     clean,
+    clean_contacts,
+    duplicate_id_map,
     email_domains,
     email_quality,
+    normalise_country,
     normalise_email,
     phone_valid,
 )
@@ -421,3 +425,64 @@ def test_no_raise_on_empty_and_sparse_tables():
         events={"contact_id": ["c1"], "ts": ["2024-01-01"], "event_type": ["chat"]},
     )
     assert clean(orphans, export_date=EXPORT).rejects["reason"].tolist() == ["unknown_contact"]
+
+
+# ---------------------------------------------------------------------------
+# Country codes; a base linked from its keys, cleaned in closed subsets
+# ---------------------------------------------------------------------------
+
+
+def test_country_codes_are_upper_cased():
+    tables = _tables(
+        {
+            "contact_id": ["c1", "c2", "c3", "c4"],
+            "created_at": ["2024-01-01"] * 4,
+            "country": [" de", "Us", None, "uk"],
+            "phone": ["030 901820", None, None, "020 7946 0958"],
+        }
+    )
+    contacts = clean(tables, export_date=EXPORT).contacts
+    assert contacts["country"].tolist()[:2] == ["DE", "US"] and pd.isna(contacts["country"].iloc[2])
+    assert contacts["country"].iloc[3] == "UK"  # an alias stays as given; phones read it as GB
+    assert contacts["has_phone"].tolist() == [1, 0, 0, 1]
+    assert normalise_country(pd.Series(["fr ", ""])).tolist()[0] == "FR"
+
+
+def _random_base(n: int, seed: int = 0) -> pd.DataFrame:
+    """Contacts with many duplicates: shared emails (in any case), repeated ids, chains."""
+    rng = np.random.default_rng(seed)
+    ids = [f"c{i:04d}" for i in rng.integers(0, int(n * 0.9), n)]  # ~10% repeated ids
+    emails = [None if rng.random() < 0.2 else f"P{j}@Acme.com" if rng.random() < 0.5 else f"p{j}@acme.com"
+              for j in rng.integers(0, int(n * 0.8), n)]
+    created = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 50, n), unit="D")
+    return pd.DataFrame({
+        "contact_id": ids, "created_at": created.astype(str), "email": emails,
+        "phone": rng.choice(["030 901820", "+1 650-253-0000", None, "12"], n),
+        "industry": rng.choice(["software", "retail", None, None], n),
+        "employees": np.where(rng.random(n) < 0.5, np.nan, rng.integers(1, 500, n)),
+        "country": rng.choice(["de", "US", None], n),
+        "do_not_email": rng.random(n) < 0.1,
+    })
+
+
+def test_canonical_rows_links_like_clean_and_closed_subsets_clean_the_same():
+    raw = _random_base(2000)
+    tables = validate_tables(raw, pd.DataFrame(), pd.DataFrame())
+    whole = clean(tables, export_date=EXPORT)
+    c = tables.contacts
+    canonical_of = canonical_rows(c["contact_id"], c["created_at"].to_numpy(), normalise_email(c["email"]))
+    assert canonical_of is not None
+    is_canonical = canonical_of == np.arange(len(c))
+    assert c.index[is_canonical].tolist() == whole.contacts.index.tolist()
+    assert sorted(c.index[~is_canonical]) == sorted(whole.rejects["row"])
+    pd.testing.assert_frame_equal(duplicate_id_map(c["contact_id"], canonical_of), whole.id_map)
+
+    # any union of whole groups (here: groups by canonical row, split in three) cleans the same
+    group = c.index.to_numpy()[canonical_of] % 3
+    parts = []
+    for g in range(3):
+        sub, rejects, _ = clean_contacts(c[group == g])
+        assert set(rejects["row"]) == set(c.index[(group == g) & ~is_canonical])
+        parts.append(sub)
+    got = pd.concat(parts).sort_index()
+    pd.testing.assert_frame_equal(got.astype(object), whole.contacts.astype(object))

@@ -108,3 +108,18 @@ def test_spark_bad_input_is_a_clear_error(demo, tmp_path: Path) -> None:
         run_batch(_opts(root, tmp_path / "s.parquet", data=data, engine="spark"), scorer=model)
     assert not (tmp_path / "s.parquet").exists()
     assert not np.any([p.name.endswith(".work") for p in tmp_path.iterdir()])
+
+
+def test_spark_leaves_an_interrupted_local_run_alone(demo, spark, tmp_path: Path) -> None:
+    """The Spark engine works in its own area of the work directory: an interrupted local run's
+    work (resumable with --resume) is neither used nor deleted."""
+    from serving.batch import Workspace
+
+    root, model = demo
+    out = tmp_path / "scores.parquet"
+    ws = Workspace(out.absolute())
+    ws.root.mkdir()
+    ws.write_manifest({"version": 2, "engine": "local", "pid": -1})
+    summary = run_batch(_opts(root, out, engine="spark", reasons="none"), scorer=model)
+    assert summary.eligible == len(pd.read_parquet(out)) > 0
+    assert ws.exists() and sorted(p.name for p in ws.root.iterdir()) == ["lock", "manifest.json"]
