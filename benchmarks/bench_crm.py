@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,26 @@ def _scores(trained, frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _resampled(key: str, frame: pd.DataFrame, trainings: Iterable[tuple[int, Any]]) -> dict[str, Any]:
+    """Quality over several held-out sets (one training per ``key``: a seed or a fold)."""
+    rows, tables = [], []
+    t0 = time.perf_counter()
+    for k, trained in trainings:
+        q = _scores(trained, frame)
+        tables.append(q)
+        rows.append({key: k, **{s: round(float(q.loc[s, "roc_auc"]), 4) for s in q.index}})
+    per = pd.DataFrame(rows).set_index(key)
+    return {
+        "roc_auc_mean": per.mean().round(4).to_dict(),
+        "roc_auc_std": per.std(ddof=1).round(4).to_dict(),
+        "metrics": _summary(tables),
+        "model_minus_reference_lgbm_min": round(float(
+            (per["model"] - per["reference_lgbm_default"]).min()), 4),
+        f"per_{key}": per.reset_index().to_dict("records"),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
 def run(table: Path, config_path: Path, *, seeds: int, tune: int, log: bool, cv: int = 0,
         cli: bool = False) -> dict[str, Any]:
     from training.crm import (
@@ -202,49 +223,25 @@ def run(table: Path, config_path: Path, *, seeds: int, tune: int, log: bool, cv:
         "gate": summary.get("reason"), "alias": summary.get("alias"),
     }
     if seeds:
-        rows, tables = [], []
-        t0 = time.perf_counter()
-        for seed in range(seeds):
-            t = train_table(frame, config, train_config=tcfg.model_copy(update={"seed": seed}),
-                            tune_trials=tune)
-            q = _scores(t, frame)
-            tables.append(q)
-            rows.append({"seed": seed, **{s: round(float(q.loc[s, "roc_auc"]), 4) for s in q.index}})
-        per_seed = pd.DataFrame(rows).set_index("seed")
-        out["repeated_splits"] = {
-            "seeds": list(range(seeds)),
-            "roc_auc_mean": per_seed.mean().round(4).to_dict(),
-            "roc_auc_std": per_seed.std(ddof=1).round(4).to_dict(),
-            "metrics": _summary(tables),
-            "model_minus_reference_lgbm_min": round(float(
-                (per_seed["model"] - per_seed["reference_lgbm_default"]).min()), 4),
-            "per_seed": per_seed.reset_index().to_dict("records"),
-            "wall_s": round(time.perf_counter() - t0, 1),
-        }
+        out["repeated_splits"] = {"seeds": list(range(seeds)), **_resampled(
+            "seed", frame, ((seed, train_table(frame, config, tune_trials=tune,
+                                               train_config=tcfg.model_copy(update={"seed": seed})))
+                            for seed in range(seeds)))}
     if cv:
         from sklearn.model_selection import StratifiedKFold
 
         y_all = table_labels(frame, config)
         labelled = np.flatnonzero(~np.isnan(y_all))
-        rows, tables = [], []
-        t0 = time.perf_counter()
         folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=0)
-        for k, (_, test_idx) in enumerate(folds.split(labelled, y_all[labelled])):
-            mask = np.zeros(len(frame), dtype=bool)
-            mask[labelled[test_idx]] = True
-            t = train_table(frame, config, train_config=tcfg, tune_trials=tune, test_rows=mask)
-            q = _scores(t, frame)
-            tables.append(q)
-            rows.append({"fold": k, **{s: round(float(q.loc[s, "roc_auc"]), 4) for s in q.index}})
-        per_fold = pd.DataFrame(rows).set_index("fold")
-        out["cross_validation"] = {
-            "folds": cv, "shuffle_seed": 0, "rows": len(labelled),
-            "metrics": _summary(tables),
-            "model_minus_reference_lgbm_min": round(float(
-                (per_fold["model"] - per_fold["reference_lgbm_default"]).min()), 4),
-            "per_fold": per_fold.reset_index().to_dict("records"),
-            "wall_s": round(time.perf_counter() - t0, 1),
-        }
+
+        def fold_trainings():
+            for k, (_, test_idx) in enumerate(folds.split(labelled, y_all[labelled])):
+                mask = np.zeros(len(frame), dtype=bool)
+                mask[labelled[test_idx]] = True
+                yield k, train_table(frame, config, train_config=tcfg, tune_trials=tune, test_rows=mask)
+
+        out["cross_validation"] = {"folds": cv, "shuffle_seed": 0, "rows": len(labelled),
+                                   **_resampled("fold", frame, fold_trainings())}
     if cli:
         out["cli"] = _cli_run(table, config_path)
     return out
