@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 DEMO_CONTACTS = 6000
@@ -67,3 +69,46 @@ def use_store(trained_store, monkeypatch) -> TrainedStore:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_store.tracking_uri)
     mlflow.set_tracking_uri(trained_store.tracking_uri)
     return trained_store
+
+
+# -- CRM tables ---------------------------------------------------------------------------------
+def _crm_export(n: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """A shop's CRM export: its own column names, text cells as a CSV reader gives them."""
+    rng = np.random.default_rng(seed)
+    channel = rng.choice(["Webinar", "Partner referral", "Cold list", "Search ad"], n, p=[.2, .15, .35, .3])
+    pages = rng.poisson(4, n)
+    minutes = np.round(rng.gamma(2.0, 6.0, n), 1)
+    sector = rng.choice(["Retail", "Finance", "Health", "-- select --", ""], n, p=[.3, .25, .2, .15, .1])
+    effect = pd.Series(channel).map({"Webinar": .8, "Partner referral": 1.5, "Cold list": -1.0,
+                                     "Search ad": 0.0}).to_numpy()
+    # an interaction (webinar leads convert once they read on) and a non-monotone effect of
+    # time on site: what a tree model finds and additive scorecards cannot
+    logit = (-2.0 + effect + 0.6 * (sector == "Finance") + 4.0 * (channel == "Webinar") * (pages >= 5)
+             - 2.5 * (channel == "Webinar") + 2.0 * (np.abs(minutes - 12) < 5))
+    won = rng.random(n) < 1 / (1 + np.exp(-logit))
+    honest = rng.random(n) < 0.97
+    follow_up = np.where(honest == won, "F7", "F2")  # neutral name, leaks the outcome
+    stage = np.where(won, "Negotiation", rng.choice(["Nurture", "Closed lost"], n))
+    minutes_text = np.array([f"{m:.1f}".replace(".", ",") for m in minutes], dtype=object)
+    minutes_text[rng.random(n) < 0.03] = "N/A"
+    created = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D")
+    return pd.DataFrame({
+        "Lead Key": [f"L-{i:05d}" for i in range(n)],
+        "E-mail Address": [f"lead{i}@example.com" for i in range(n)],
+        "Created On": created.strftime("%Y-%m-%d"),
+        "Source Channel": channel,
+        "Pages Seen": pages.astype(str),
+        "Minutes On Site": minutes_text,
+        "Industry Sector": sector,
+        "Newsletter": rng.choice(["yes", "no"], n),
+        "Region": "EMEA",
+        "Follow Up Code": follow_up,
+        "Deal Stage": stage,
+        "Outcome": np.where(won, "Won", rng.choice(["Lost", "Open"], n)),
+    })
+
+
+@pytest.fixture(scope="session")
+def crm_export():
+    """``crm_export(n, seed)``: a shop's one-row-per-lead CRM export (see :func:`_crm_export`)."""
+    return _crm_export

@@ -48,42 +48,6 @@ FAST_TRAINING = {"lgbm_params": {"learning_rate": 0.1}, "num_boost_round": 300,
                  "early_stopping_rounds": 30, "gate": {"min_train_positives": 100}}
 
 
-def crm_frame(n: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """A shop's CRM export: its own column names, text cells as a CSV reader gives them."""
-    rng = np.random.default_rng(seed)
-    channel = rng.choice(["Webinar", "Partner referral", "Cold list", "Search ad"], n, p=[.2, .15, .35, .3])
-    pages = rng.poisson(4, n)
-    minutes = np.round(rng.gamma(2.0, 6.0, n), 1)
-    sector = rng.choice(["Retail", "Finance", "Health", "-- select --", ""], n, p=[.3, .25, .2, .15, .1])
-    effect = pd.Series(channel).map({"Webinar": .8, "Partner referral": 1.5, "Cold list": -1.0,
-                                     "Search ad": 0.0}).to_numpy()
-    # an interaction (webinar leads convert once they read on) and a non-monotone effect of
-    # time on site: what a tree model finds and additive scorecards cannot
-    logit = (-2.0 + effect + 0.6 * (sector == "Finance") + 4.0 * (channel == "Webinar") * (pages >= 5)
-             - 2.5 * (channel == "Webinar") + 2.0 * (np.abs(minutes - 12) < 5))
-    won = rng.random(n) < 1 / (1 + np.exp(-logit))
-    honest = rng.random(n) < 0.97
-    follow_up = np.where(honest == won, "F7", "F2")  # neutral name, leaks the outcome
-    stage = np.where(won, "Negotiation", rng.choice(["Nurture", "Closed lost"], n))
-    minutes_text = np.array([f"{m:.1f}".replace(".", ",") for m in minutes], dtype=object)
-    minutes_text[rng.random(n) < 0.03] = "N/A"
-    created = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365, n), unit="D")
-    return pd.DataFrame({
-        "Lead Key": [f"L-{i:05d}" for i in range(n)],
-        "E-mail Address": [f"lead{i}@example.com" for i in range(n)],
-        "Created On": created.strftime("%Y-%m-%d"),
-        "Source Channel": channel,
-        "Pages Seen": pages.astype(str),
-        "Minutes On Site": minutes_text,
-        "Industry Sector": sector,
-        "Newsletter": rng.choice(["yes", "no"], n),
-        "Region": "EMEA",
-        "Follow Up Code": follow_up,
-        "Deal Stage": stage,
-        "Outcome": np.where(won, "Won", rng.choice(["Lost", "Open"], n)),
-    })
-
-
 def write_semicolon_csv(frame: pd.DataFrame, path: Path) -> Path:
     frame.to_csv(path, sep=";", index=False)
     return path
@@ -104,8 +68,8 @@ SHOP_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def shop_frame(tmp_path_factory) -> pd.DataFrame:
-    path = write_semicolon_csv(crm_frame(), tmp_path_factory.mktemp("crm") / "shop.csv")
+def shop_frame(tmp_path_factory, crm_export) -> pd.DataFrame:
+    path = write_semicolon_csv(crm_export(), tmp_path_factory.mktemp("crm") / "shop.csv")
     return read_table(path, parse_dataset_config(SHOP_CONFIG))
 
 
@@ -202,8 +166,8 @@ def test_x_education_config_is_valid_and_excludes_post_contact_columns():
 # ---------------------------------------------------------------------------
 
 
-def test_read_table_sniffs_separator_and_cleaning_applies_placeholders_and_decimal_comma(tmp_path):
-    path = write_semicolon_csv(crm_frame(50), tmp_path / "t.csv")
+def test_read_table_sniffs_separator_and_cleaning_applies_placeholders_and_decimal_comma(tmp_path, crm_export):
+    path = write_semicolon_csv(crm_export(50), tmp_path / "t.csv")
     frame = read_table(path)  # no config: separator sniffed
     assert "Minutes On Site" in frame.columns and len(frame) == 50
     cfg = parse_dataset_config(SHOP_CONFIG)
@@ -249,8 +213,8 @@ def test_scoring_rows_clean_like_training_rows(shop_frame):
 # ---------------------------------------------------------------------------
 
 
-def test_infer_config_detects_kinds_ids_placeholders_pii_constants_and_leaks(tmp_path):
-    path = write_semicolon_csv(crm_frame(1500, seed=3), tmp_path / "export.csv")
+def test_infer_config_detects_kinds_ids_placeholders_pii_constants_and_leaks(tmp_path, crm_export):
+    path = write_semicolon_csv(crm_export(1500, seed=3), tmp_path / "export.csv")
     frame = read_table(path)
     cfg = infer_config(frame, target="Outcome", positive="Won", name="export", separator=";")
     assert cfg.id_column == "Lead Key"
@@ -269,8 +233,8 @@ def test_infer_config_detects_kinds_ids_placeholders_pii_constants_and_leaks(tmp
     assert again == cfg
 
 
-def test_infer_config_guesses_binary_target_and_refuses_to_guess_otherwise():
-    frame = crm_frame(400, seed=1).assign(Converted=lambda d: np.where(d["Outcome"] == "Won", "1", "0"))
+def test_infer_config_guesses_binary_target_and_refuses_to_guess_otherwise(crm_export):
+    frame = crm_export(400, seed=1).assign(Converted=lambda d: np.where(d["Outcome"] == "Won", "1", "0"))
     cfg = infer_config(frame.drop(columns="Outcome"))
     assert cfg.target.column == "Converted" and cfg.target.positive == 1
     with pytest.raises(DatasetConfigError, match=r"target.column: cannot tell.*--target"):
@@ -493,12 +457,12 @@ def test_typed_parquet_with_awkward_names_and_no_id_column(tmp_path):
         "Budget: USD", "Source [utm]", "Active", "contact_id"}
 
 
-def test_infer_config_command_writes_a_reusable_yaml(tmp_path):
+def test_infer_config_command_writes_a_reusable_yaml(tmp_path, crm_export):
     from typer.testing import CliRunner
 
     from serving.cli import app
 
-    table = write_semicolon_csv(crm_frame(600, seed=2), tmp_path / "leads export.csv")
+    table = write_semicolon_csv(crm_export(600, seed=2), tmp_path / "leads export.csv")
     out = tmp_path / "conf" / "leads.yaml"
     res = CliRunner().invoke(app, ["infer-config", "--table", str(table), "--out", str(out),
                                    "--target", "Outcome", "--positive", "Won"])
@@ -570,7 +534,7 @@ def test_x_education_model_beats_rules_and_logistic_on_the_same_hold_out():
 
 
 @pytest.mark.slow
-def test_cli_infers_a_config_trains_registers_and_the_champion_scores_raw_rows(tmp_path, monkeypatch):
+def test_cli_infers_a_config_trains_registers_and_the_champion_scores_raw_rows(tmp_path, monkeypatch, crm_export):
     import mlflow
     from typer.testing import CliRunner
 
@@ -578,7 +542,7 @@ def test_cli_infers_a_config_trains_registers_and_the_champion_scores_raw_rows(t
     from training.registry import load_scorer
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    frame = crm_frame(2000, seed=5)
+    frame = crm_export(2000, seed=5)
     frame = frame.assign(Converted=np.where(frame["Outcome"] == "Won", "yes", "no")).drop(columns="Outcome")
     table = write_semicolon_csv(frame, tmp_path / "export.csv")
     work = tmp_path / "work"
