@@ -56,11 +56,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
@@ -1106,3 +1107,38 @@ def _to_bool(s: pd.Series, table: str, col: str, check: _Check) -> tuple[pd.Seri
     bad = present & ~true & ~false
     check.majority(table, col, "true/false", bad, int(present.sum()), 0)
     return pd.Series(true, index=s.index, name=s.name), bad
+
+
+# ---------------------------------------------------------------------------
+# Atomic writes: a reader sees the whole file or none of it
+# ---------------------------------------------------------------------------
+
+
+def tmp_name(path: Path) -> Path:
+    # unique per process: an orphaned worker of a killed run may still be finishing a chunk
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = tmp_name(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> None:
+    tmp = tmp_name(path)
+    pq.write_table(table, tmp, **kwargs)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -7,26 +7,11 @@ champion model, or the rule scorer when there is none, exactly as the HTTP servi
 
 How a run goes (``engine="local"``)
 -----------------------------------
-1. **Link the base** from its key columns only: ``contact_id``, ``created_at`` and ``email``
-   of every contact, in batches (emails normalised batch by batch), and the stage changes'
-   timestamps for the data's end. :func:`features.hygiene.canonical_rows` links duplicates
-   (same id or same valid email, transitively) exactly as :func:`~features.hygiene.clean`
-   does, and every contact row gets the **bucket** of its canonical contact (a stable hash of
-   the canonical id: ``n_buckets = ceil(contacts / chunk_size)``; a bucket is a chunk of
-   work). This runs in a child process whose memory is returned before the next steps: the
-   key columns and their links, about 0.2 GB per million contacts (the step's peak, libraries
-   included: 0.6 GB for 1M contacts, 1.2 GB for 4M), never the contact rows.
-2. **Every table is read in slices** (whole Parquet row groups; a CSV file is one slice),
-   batch by batch, by a pool of processes: each batch is validated with the loader's own
-   :func:`~features.io.validate_tables` (its table-level checks counted across slices and
-   decided once, as for the whole table), then contacts take their bucket from step 1, events
-   and stage changes are attached to their contact with hygiene's rule (unknown contact /
-   future timestamp -> rejects, duplicates -> canonical id); every slice writes one
-   temporary Parquet file per bucket. A chunk then reads only its own rows: memory is
-   bounded by the slice and chunk sizes, not by the size of the base.
-3. **Chunks are cleaned**: a bucket holds every duplicate of its contacts, so
-   :func:`~features.hygiene.clean_contacts` (merging duplicates' values, email quality,
-   phone validity) gives, chunk by chunk, exactly the contacts hygiene gives on the whole base.
+1-3. **The base is partitioned** by :func:`features.partition.prepare`: duplicates linked
+   from the key columns only, every table read in slices by a pool of processes and each
+   row written to its contact's **bucket** (a chunk of work), a bucket cleaned with
+   hygiene's own rules when it is read. Memory is bounded by the slice and chunk sizes,
+   not by the size of the base (0.6 GB for step 1 at 1M contacts, 1.2 GB at 4M).
 4. **Chunks are scored** by a pool of processes (LightGBM with one thread each: two
    processes on two cores beat one process with two threads, since feature building and
    Parquet I/O are single-threaded). Each chunk builds its point-in-time features with
@@ -75,18 +60,15 @@ previous scores, ``up`` (``into_a`` first: sales call them today) then ``down``.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,20 +84,22 @@ from features.build import Snapshotter
 from features.config import FeatureConfig
 from features.io import (
     DataError,
-    TableChecks,
-    TableSlice,
     concat_rejects,
     empty_rejects,
-    find_table,
-    make_rejects,
-    plan_slices,
-    read_slice,
+    fsync_path,
     safe_reason,
-    table_columns,
-    table_files,
-    validate_tables,
+    write_parquet_atomic,
+    write_text_atomic,
 )
-from features.loading import data_end
+from features.partition import (
+    REJECT_SCHEMA,
+    arrow_str,
+    prepare,
+    prepared_rejects,
+    read_bucket,
+    table_path,
+)
+from features.tasks import Progress, Runner, local_runner, say
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +107,7 @@ REASON_MODES: tuple[str, ...] = ("top", "all", "none")
 TOP_BANDS: tuple[str, ...] = ("A", "B")
 NOT_SCORABLE = "not_scorable"
 MANIFEST_VERSION = 2  # 2: work directory of the sliced preparation
-EVENT_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "event_type", "campaign_id")
-STAGE_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "stage")
-CONTACT_COLUMNS: tuple[str, ...] = (*schema.CONTACTS.columns, "email_quality", "has_phone")
 _BAND_RANK = {b: i for i, b in enumerate(schema.BANDS)}  # A=0 best
-# step 2 reads each table in slices of whole row groups (about this many rows; a slice holds its
-# rows of every bucket until it writes them) and a slice in batches of this many rows
-_SLICE_ROWS = {"contacts": 1_000_000, "events": 4_000_000, "stages": 4_000_000}
-_SLICE_BATCH_ROWS = {"contacts": 1 << 18, "events": 1 << 20, "stages": 1 << 20}
-_KEY_BATCH_ROWS = 1 << 20  # step 1: rows of key columns per batch
-_TASK_DIRS = "t[0-9][0-9][0-9][0-9][0-9]"  # committed slice directories (not *.tmp)
-_STR = pd.StringDtype("pyarrow", na_value=np.nan)
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -148,26 +122,6 @@ OUTPUT_SCHEMA = pa.schema(
         ("scored_at", pa.timestamp("us")),
         ("as_of", pa.timestamp("us")),
     ]
-)
-_ARROW_TYPES = {"id": pa.large_string(), "str": pa.large_string(), "float": pa.float64(),
-                "int": pa.float64(), "bool": pa.bool_(), "timestamp": pa.timestamp("us")}
-EVENT_FILE_SCHEMA = pa.schema([("contact_id", pa.large_string()), ("ts", pa.timestamp("us")),
-                               ("event_type", pa.large_string()), ("campaign_id", pa.large_string())])
-STAGE_FILE_SCHEMA = pa.schema([("contact_id", pa.large_string()), ("ts", pa.timestamp("us")),
-                               ("stage", pa.large_string())])
-#: a contacts slice: every valid row (duplicates too), validated, with its input row
-CONTACT_SLICE_SCHEMA = pa.schema([(c, _ARROW_TYPES[k]) for c, k in schema.CONTACTS.columns.items()]
-                                 + [("row", pa.int64())])
-#: a chunk's clean contacts, as the feature code gets them
-CHUNK_CONTACT_SCHEMA = pa.schema([*CONTACT_SLICE_SCHEMA.remove(len(CONTACT_SLICE_SCHEMA) - 1),
-                                  ("email_quality", pa.large_string()), ("has_phone", pa.int8()),
-                                  ("row", pa.int64())])
-SLICE_SCHEMAS: dict[str, pa.Schema] = {"contacts": CONTACT_SLICE_SCHEMA, "events": EVENT_FILE_SCHEMA,
-                                       "stages": STAGE_FILE_SCHEMA}
-SLICE_COLUMNS: dict[str, tuple[str, ...]] = {"contacts": tuple(schema.CONTACTS.columns),
-                                             "events": EVENT_COLUMNS, "stages": STAGE_COLUMNS}
-REJECT_SCHEMA = pa.schema(
-    [("table", pa.string()), ("row", pa.int64()), ("contact_id", pa.string()), ("reason", pa.string())]
 )
 MOVER_COLUMNS: tuple[str, ...] = (
     "contact_id", "direction", "into_a", "band_before", "band_after",
@@ -294,21 +248,6 @@ class BatchSummary:
 # ---------------------------------------------------------------------------
 # Pure logic: buckets, one chunk, movers
 # ---------------------------------------------------------------------------
-
-
-def bucket_of(contact_ids: Sequence[str] | np.ndarray | pd.Series, n_buckets: int) -> np.ndarray:
-    """Stable bucket (0..n_buckets-1) of each contact id: the same in every process and run.
-
-    Examples
-    --------
-    >>> bucket_of(["a", "b", "a"], 7).tolist() == bucket_of(["a", "b", "a"], 7).tolist()
-    True
-    """
-    ids = np.asarray(contact_ids, dtype=object)
-    if n_buckets <= 1 or len(ids) == 0:
-        return np.zeros(len(ids), dtype=np.int32)
-    h = pd.util.hash_array(ids, categorize=True)  # SipHash with a fixed key
-    return (h % np.uint64(n_buckets)).astype(np.int32)
 
 
 def eligibility(features: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
@@ -527,7 +466,7 @@ def as_categorical(values: pd.Series | pa.ChunkedArray | pa.Array, categories: p
     if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
         values = values.astype(object)
     if isinstance(values, pd.Series):
-        arr = _arrow_str(values)
+        arr = arrow_str(values)
     else:
         arr = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
         arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
@@ -595,11 +534,6 @@ def _ts_us(ts: pd.Timestamp) -> np.datetime64:
 # ---------------------------------------------------------------------------
 
 
-def table_path(data_dir: Path, name: str) -> Path:
-    """The file (or directory) holding a table: Parquet wins over CSV, as in the loader."""
-    return find_table(Path(data_dir), name)
-
-
 def _files_of(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
@@ -614,542 +548,6 @@ def fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
             st = f.stat()
             out.append({"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
-
-
-def _events_end(path: Path) -> pd.Timestamp | None:
-    """Latest event timestamp (only needed when there are no stage changes), streamed."""
-    if not path.name.endswith(".parquet"):
-        return None
-    latest = None
-    try:
-        for f in table_files(path):
-            pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
-            if "ts" not in pf.schema_arrow.names or not pa.types.is_timestamp(pf.schema_arrow.field("ts").type):
-                return None
-            for batch in pf.iter_batches(batch_size=1 << 20, columns=["ts"], use_threads=False):
-                m = pc.max(batch.column(0)).as_py()
-                if m is not None:
-                    m = pd.Timestamp(m)
-                    m = m.tz_convert("UTC").tz_localize(None) if m.tzinfo else m
-                    latest = m if latest is None else max(latest, m)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"events: cannot read {path.name}: {safe_reason(e)}") from None
-    return latest
-
-
-# ---------------------------------------------------------------------------
-# Preparation, step 1: link the whole base from its key columns
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class ContactIndex:
-    """What the slices need to attach a row to its (canonical) contact's bucket.
-
-    Saved by step 1 as an uncompressed Arrow IPC file that the workers memory-map (no
-    decoding), ids sorted in the order of their look-up hashes (:class:`IdLookup`), so that a
-    worker holds about 30 bytes per contact.
-    """
-
-    known: pa.Array  # every validated contact id (before deduplication), string
-    canonical: np.ndarray  # position in ``known`` of each id's canonical id (int32)
-    bucket: np.ndarray  # bucket of each known id's canonical contact (int32)
-    remap: bool  # some id is merged into another id
-    export: pd.Timestamp
-    lookup: IdLookup = field(repr=False)
-
-    @classmethod
-    def build(cls, known: pa.Array, canonical: np.ndarray, bucket: np.ndarray, remap: bool,
-              export: pd.Timestamp) -> ContactIndex:
-        """The index of ``known`` ids (any order), reordered for the look-up."""
-        known = known.cast(pa.string()) if pa.types.is_large_string(known.type) else known
-        lookup = IdLookup(known)
-        if lookup.order is not None:
-            order = lookup.order
-            where = np.empty(len(order), dtype=np.int32)
-            where[order] = np.arange(len(order), dtype=np.int32)
-            known = known.take(pa.array(order))
-            canonical, bucket = where[np.asarray(canonical)[order]], np.asarray(bucket)[order]
-            lookup = IdLookup(known, prepared=(lookup.hashes, lookup.width))
-        return cls(known, np.asarray(canonical, dtype=np.int32), np.asarray(bucket, dtype=np.int32),
-                   remap, export, lookup)
-
-    def canonical_ids(self, codes: np.ndarray) -> pa.Array:
-        """The canonical id of each known id (``codes``: positions in ``known``)."""
-        return self.known.take(pa.array(self.canonical[codes]))
-
-    def save(self, path: Path) -> None:
-        n = len(self.known)
-        hashes = self.lookup.hashes if self.lookup.width else np.zeros(n, dtype=np.uint64)
-        table = pa.table({"known": self.known, "canonical": pa.array(self.canonical, pa.int32()),
-                          "bucket": pa.array(self.bucket, pa.int32()),
-                          "hash": pa.array(hashes, pa.uint64())})
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table, max_chunksize=max(n, 1))
-        path.with_suffix(".json").write_text(json.dumps(
-            {"remap": self.remap, "export": str(self.export), "width": self.lookup.width}))
-
-    @classmethod
-    def load(cls, path: Path) -> ContactIndex:
-        source = pa.memory_map(str(path))  # the arrays below keep the map alive
-        t = pa.ipc.open_file(source).read_all()
-        meta = json.loads(path.with_suffix(".json").read_text())
-        col = {name: t.column(name).combine_chunks() for name in t.column_names}
-        known = col["known"]
-        lookup = IdLookup(known, prepared=(col["hash"].to_numpy(), meta["width"]))
-        return cls(known, col["canonical"].to_numpy(), col["bucket"].to_numpy(), meta["remap"],
-                   pd.Timestamp(meta["export"]), lookup)
-
-
-_MIX1, _MIX2, _SHIFT = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53), np.uint64(33)
-
-
-def _word_hash(ids: pa.Array, width: int) -> np.ndarray:
-    """64-bit hash of ASCII strings of at most ``width`` bytes (a multiple of 8): padded to
-    ``width``, read as 64-bit words, each mixed in (murmur3's finaliser). Vectorised."""
-    padded = pc.ascii_rpad(ids, width=width, padding=" ")
-    n = len(padded)
-    if n == 0:
-        return np.zeros(0, dtype=np.uint64)
-    wide = pa.types.is_large_string(padded.type)
-    offsets = np.frombuffer(padded.buffers()[1], dtype=np.int64 if wide else np.int32, count=n + 1,
-                            offset=padded.offset * (8 if wide else 4))
-    data = np.frombuffer(padded.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    words = data.view(np.uint64).reshape(n, width // 8)
-    h = np.zeros(n, dtype=np.uint64)
-    for j in range(width // 8):
-        h ^= words[:, j]
-        h ^= h >> _SHIFT
-        h *= _MIX1
-        h ^= h >> _SHIFT
-        h *= _MIX2
-        h ^= h >> _SHIFT
-    return h
-
-
-class IdLookup:
-    """Exact look-up of ids in a fixed set of millions, built once and then cheap per batch.
-
-    ``pyarrow.compute.index_in`` rebuilds its hash table of the whole set on every call: with
-    4M contacts that is ~1 s per batch of 1M events, more than everything else done to the
-    batch. Here the set's 64-bit hashes are sorted once; a batch is hashed, its (sorted) hashes
-    searched, and every hit checked against the id itself, so the answer is exact. Sets the
-    hash cannot serve (non-ASCII ids, two ids with the same hash) use ``index_in``.
-    """
-
-    def __init__(self, known: pa.Array, prepared: tuple[np.ndarray, int] | None = None) -> None:
-        self.known = known.combine_chunks() if isinstance(known, pa.ChunkedArray) else known
-        #: where the hash order puts each id (None: ``known`` is already in that order)
-        self.order: np.ndarray | None = None
-        if prepared is not None:  # ``known`` sorted by hash, as ContactIndex saves it
-            self.hashes, self.width = prepared
-            return
-        self.width = 0
-        self.hashes = np.zeros(0, dtype=np.uint64)
-        n = len(self.known)
-        if n and self.known.null_count == 0 and pc.all(pc.string_is_ascii(self.known)).as_py():
-            width = max(8, -(-pc.max(pc.binary_length(self.known)).as_py() // 8) * 8)
-            step = 1 << 20
-            h = np.concatenate([_word_hash(self.known.slice(i, step), width) for i in range(0, n, step)])
-            order = np.argsort(h, kind="stable")
-            hashes = h[order]
-            if not (hashes[1:] == hashes[:-1]).any():
-                self.hashes, self.width = hashes, width
-                if (order != np.arange(n)).any():
-                    self.order = order.astype(np.int32)
-
-    def index(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Position of each id in the set (int64), -1 where it is not in the set."""
-        ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        if not self.width:
-            codes = pc.index_in(ids, value_set=self.known)
-            return pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        out = np.full(len(ids), -1, dtype=np.int64)
-        fits = np.asarray(pc.fill_null(pc.and_(
-            pc.string_is_ascii(ids), pc.less_equal(pc.binary_length(ids), self.width)), False
-        ).to_numpy(zero_copy_only=False), dtype=bool)
-        rows = np.flatnonzero(fits)
-        if not len(rows):
-            return out
-        some = ids if len(rows) == len(ids) else ids.take(pa.array(rows))
-        h = _word_hash(some, self.width)
-        q = np.argsort(h)  # sorted queries: a binary search close to the previous one
-        found = np.empty(len(h), dtype=np.int64)
-        found[q] = np.minimum(np.searchsorted(self.hashes, h[q]), len(self.hashes) - 1)
-        cand = found if self.order is None else self.order[found].astype(np.int64)
-        same = (self.hashes[found] == h) & np.asarray(
-            pc.equal(some, self.known.take(pa.array(cand))).to_numpy(zero_copy_only=False), dtype=bool)
-        out[rows[same]] = cand[same]
-        return out
-
-
-@dataclass
-class BaseKeys:
-    """Step 1's result: every valid contact row linked to its canonical contact and bucket."""
-
-    rows: np.ndarray  # input row of each valid contact row, ascending (int64)
-    bucket: np.ndarray  # bucket of its canonical contact (int32)
-    index: ContactIndex
-    rejects: pd.DataFrame  # contacts rows rejected by validation and as duplicates
-    as_of: pd.Timestamp
-    export: pd.Timestamp
-    n_buckets: int
-    bucket_sizes: list[int]  # canonical contacts per bucket
-    contacts_read: int
-    contacts: int  # canonical contacts
-    columns: dict[str, list[str]]  # the columns each table's slices read
-    slices: list[TableSlice]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def save(self, prep: Path) -> dict[str, Any]:
-        """Write to ``prep`` (``keys.json`` last: the step's commit); returns the JSON."""
-        np.save(prep / "keys_rows.npy", self.rows)
-        np.save(prep / "keys_bucket.npy", self.bucket)
-        self.index.save(prep / "index.arrow")
-        pq.write_table(pa.Table.from_pandas(self.rejects, schema=REJECT_SCHEMA, preserve_index=False),
-                       prep / "rejects.parquet")
-        info = {"as_of": str(self.as_of), "export": str(self.export), "n_buckets": self.n_buckets,
-                "bucket_sizes": self.bucket_sizes, "contacts_read": self.contacts_read,
-                "contacts": self.contacts, "columns": self.columns,
-                "slices": [asdict(s) for s in self.slices], "seconds": self.seconds}
-        write_text_atomic(prep / "keys.json", json.dumps(info))
-        return info
-
-
-def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size: int) -> BaseKeys:
-    """Step 1: read the key columns of the whole base and link duplicates; bucket every contact.
-
-    Only ``contact_id``, ``created_at`` and ``email`` of the contacts are read (in batches: the
-    emails are normalised batch by batch), and the stage changes' timestamps for the data's end.
-    Memory: the key columns and their links (about 0.2 GB per million contacts at the step's
-    peak), never the contact rows.
-    """
-    from features.hygiene import DUPLICATE_CONTACT, canonical_rows, normalise_email
-
-    t0 = time.perf_counter()
-    columns = {name: table_columns(paths[name], spec, SLICE_COLUMNS[name])
-               for name, spec in schema.TABLES.items()}
-    slices = [sl for name in schema.TABLES
-              for sl in plan_slices(paths[name], name, rows_per_slice=_SLICE_ROWS[name])]
-    checks = TableChecks()
-    key_cols = [c for c in ("contact_id", "created_at", "email") if c in columns["contacts"]]
-    rows, ids, created, emails, rejects = [], [], [], [], []
-    read = 0
-    for sl in (s for s in slices if s.table == "contacts"):
-        offset = sl.row_offset
-        for raw in read_slice(sl, key_cols, batch_rows=_KEY_BATCH_ROWS):
-            t = validate_tables(raw, pd.DataFrame(), pd.DataFrame(), checks=checks, row_offset=offset)
-            offset += len(raw)
-            read += len(raw)
-            c = t.contacts
-            rejects.append(t.rejects)
-            rows.append(c.index.to_numpy().astype(np.int64))
-            ids.append(_arrow_str(c["contact_id"]))
-            created.append(c["created_at"].to_numpy(dtype="datetime64[us]"))
-            emails.append(_arrow_str(normalise_email(c["email"])))
-            del t, c, raw
-    # the data's end: the last valid stage change (stages are read again, in slices, in step 2)
-    end = None
-    stage_cols = columns["stages"]
-    for sl in (s for s in slices if s.table == "stages"):
-        offset = sl.row_offset
-        for raw in read_slice(sl, stage_cols, batch_rows=_SLICE_BATCH_ROWS["stages"]):
-            st = validate_tables(pd.DataFrame(), pd.DataFrame(), raw, checks=checks,
-                                 row_offset=offset).stages
-            offset += len(raw)
-            if len(st):
-                m = pd.Timestamp(st["ts"].max())
-                end = m if end is None else max(end, m)
-    checks.raise_errors()
-    t1 = time.perf_counter()
-    n = int(sum(len(r) for r in rows))
-    if n == 0:
-        raise DataError("contacts: no valid contacts: the base is empty, nothing to score")
-    if end is None:
-        end = _events_end(paths["events"]) or data_end(pd.DataFrame({"ts": []}), pd.DataFrame({"ts": []}))
-    as_of = as_of_opt if as_of_opt is not None else end
-    export = max(as_of, end)
-
-    rows_np = np.concatenate(rows)
-    id_arr = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.large_string()).combine_chunks()
-    del ids
-    id_s = _str_frame_col(id_arr)
-    email_arr = pa.chunked_array([c for a in emails for c in a.chunks], type=pa.large_string())
-    del emails
-    canonical_of = canonical_rows(id_s, np.concatenate(created), _str_frame_col(email_arr))
-    del created, email_arr
-    if canonical_of is None:
-        canonical_of = np.arange(n, dtype=np.int64)
-    is_canonical = canonical_of == np.arange(n)
-    n_contacts = int(is_canonical.sum())
-    n_buckets = max(1, math.ceil(n_contacts / chunk_size))
-    canon_pos = np.flatnonzero(is_canonical)
-    row_bucket = np.zeros(n, dtype=np.int32)
-    for start in range(0, len(canon_pos), _KEY_BATCH_ROWS):  # Python strings, a batch at a time
-        pos = canon_pos[start:start + _KEY_BATCH_ROWS]
-        row_bucket[pos] = bucket_of(id_arr.take(pa.array(pos)).to_numpy(zero_copy_only=False), n_buckets)
-    row_bucket = row_bucket[canonical_of]
-    sizes = np.bincount(row_bucket[is_canonical], minlength=n_buckets).tolist()
-
-    # known ids -> canonical id and bucket (every row of an id is in that id's group)
-    encoded = pc.dictionary_encode(id_arr)
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    first = np.unique(codes, return_index=True)[1]  # first row of each known id
-    canonical = codes[canonical_of[first]]  # position (in known) of its canonical id
-    remap = bool((canonical != np.arange(len(first))).any())
-    index = ContactIndex.build(encoded.dictionary, canonical, row_bucket[first], remap, export)
-    del encoded, codes
-
-    dups = ~is_canonical
-    if dups.any():
-        frame = pd.DataFrame({"contact_id": id_s}).set_axis(pd.Index(rows_np, name="row"))
-        rejects.append(make_rejects(frame, dups, "contacts", DUPLICATE_CONTACT))
-    return BaseKeys(rows_np, row_bucket, index, concat_rejects(rejects), as_of, export, n_buckets,
-                    sizes, read, n_contacts, columns, slices,
-                    {"link_read": t1 - t0, "link": time.perf_counter() - t1})
-
-
-def _str_frame_col(arr: pa.Array | pa.ChunkedArray) -> pd.Series:
-    """An Arrow string array as a pandas ``str`` Series (no copy)."""
-    out = (arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])).to_pandas()
-    return out if out.dtype == _STR else out.astype(_STR)
-
-
-def _prepare_keys(paths: dict[str, Path], prep_dir: str, as_of_opt: pd.Timestamp | None,
-                  chunk_size: int) -> dict[str, Any]:
-    """Step 1 written to ``prep_dir``. Runs in a child process when there are workers: its memory
-    (the key columns of the whole base) goes back to the system before step 2 starts."""
-    return link_base(paths, as_of_opt, chunk_size).save(Path(prep_dir))
-
-
-# ---------------------------------------------------------------------------
-# Preparation, step 2: every table in slices, each row to its contact's bucket
-# ---------------------------------------------------------------------------
-
-
-def attach_rows(batch: pd.DataFrame, table: str, row_offset: int, index: ContactIndex, *,
-                checks: TableChecks | None = None, keys: tuple[np.ndarray, np.ndarray] | None = None
-                ) -> tuple[pa.Table, np.ndarray, pd.DataFrame, dict[str, int]]:
-    """Validate a batch of raw rows of ``table`` and give each kept row its bucket.
-
-    The loader's validation (:func:`features.io.validate_tables`, table-level checks counted
-    into ``checks``) and then, for events and stage changes, hygiene's rule
-    (:func:`features.hygiene.clean`: an unknown contact, then a future timestamp, make a
-    reject; a duplicate's rows move to the canonical id). Contacts keep every valid row
-    (duplicates too: :func:`features.hygiene.clean_contacts` merges them chunk by chunk) and
-    take their bucket from step 1's ``keys`` (rows, bucket); their rejects were written by step 1.
-
-    Returns
-    -------
-    rows, bucket, rejects, unknown_event_types
-        Kept rows (:data:`SLICE_SCHEMAS`), their bucket, the rejected rows (``row`` counted
-        from the start of the table) and the unknown event types mapped to "other".
-    """
-    from features.hygiene import FUTURE_TIMESTAMP, UNKNOWN_CONTACT
-
-    frames = {"contacts": pd.DataFrame(), "events": pd.DataFrame(), "stages": pd.DataFrame(), table: batch}
-    tables = validate_tables(frames["contacts"], frames["events"], frames["stages"], checks=checks,
-                             row_offset=row_offset)
-    if table == "contacts":
-        c = tables.contacts
-        rows = c.index.to_numpy().astype(np.int64)
-        key_rows, key_bucket = keys
-        lo, hi = np.searchsorted(key_rows, [row_offset, row_offset + len(batch)])
-        if hi - lo != len(rows) or not np.array_equal(key_rows[lo:hi], rows):
-            raise RuntimeError("contacts: the rows differ from the first reading (the file changed?)")
-        data = {col: c[col] for col in schema.CONTACTS.columns}
-        out = pa.Table.from_pandas(pd.DataFrame(data).reset_index(drop=True), preserve_index=False)
-        out = out.append_column("row", pa.array(rows)).cast(SLICE_SCHEMAS["contacts"])
-        return out, key_bucket[lo:hi], empty_rejects(), {}
-    frame = getattr(tables, table)
-    rejects = [tables.rejects]
-    ids = _arrow_str(frame["contact_id"])
-    codes = index.lookup.index(ids)  # position in index.known, -1: not a contact
-    unknown = codes < 0
-    future = (frame["ts"] > index.export).to_numpy() & ~unknown
-    drop = unknown | future
-    if drop.any():
-        rows = frame.index.to_numpy().astype(np.int64)
-        rejects.append(pd.DataFrame({
-            "table": table, "row": rows[drop],
-            "contact_id": frame["contact_id"].to_numpy(dtype=object)[drop],
-            "reason": np.where(unknown[drop], UNKNOWN_CONTACT, FUTURE_TIMESTAMP),
-        }))
-    keep = ~drop
-    code_np = codes[keep]
-    cols = {"contact_id": ids,
-            "ts": pa.array(frame["ts"].to_numpy(dtype="datetime64[us]"), pa.timestamp("us"))}
-    for col in SLICE_SCHEMAS[table].names[2:]:
-        cols[col] = _arrow_str(frame[col])
-    out = pa.table(cols, schema=SLICE_SCHEMAS[table])
-    if drop.any():
-        out = out.filter(pa.array(keep))
-    if index.remap and out.num_rows:
-        out = out.set_column(0, "contact_id", index.canonical_ids(code_np).cast(pa.large_string()))
-    unknown_types = tables.unknown_event_types if table == "events" else {}
-    return out, index.bucket[code_np], concat_rejects(rejects), unknown_types
-
-
-def _arrow_str(s: pd.Series) -> pa.ChunkedArray:
-    """A ``str`` Series as Arrow large_string (no copy for pyarrow-backed strings)."""
-    arr = pa.array(s.array) if isinstance(s.dtype, pd.StringDtype) else pa.array(
-        s.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
-    if not isinstance(arr, pa.ChunkedArray):
-        arr = pa.chunked_array([arr])
-    return arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
-
-
-def _slice_task(sl: TableSlice, columns: list[str], prep_dir: str, n_buckets: int) -> dict[str, Any]:
-    """Worker: one slice of a table -> one Parquet file per bucket (+ rejects, stats), committed
-    by renaming its directory (``prep/<table>/t<index>``)."""
-    prep = Path(prep_dir)
-    out = prep / sl.table / f"t{sl.index:05d}"
-    if out.exists():  # committed by an earlier (interrupted) run, or by an orphaned worker
-        return json.loads((out / "stats.json").read_text()) | {"table": sl.table, "task": sl.index}
-    index = _cached_index(str(prep / "index.arrow"))
-    keys = _cached_keys(prep_dir) if sl.table == "contacts" else None
-    tmp = _tmp_name(out)
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    parts: dict[int, list[pa.Table]] = {}  # the slice's rows of each bucket (a few hundred MB)
-    rejects: list[pd.DataFrame] = []
-    unknown: dict[str, int] = {}
-    checks = TableChecks()
-    offset, rows, kept = sl.row_offset, 0, 0
-    for raw in read_slice(sl, columns, batch_rows=_SLICE_BATCH_ROWS[sl.table]):
-        got, bucket, rej, unk = attach_rows(raw, sl.table, offset, index, checks=checks, keys=keys)
-        offset += len(raw)
-        rows += len(raw)
-        kept += got.num_rows
-        del raw
-        if len(rej):
-            rejects.append(rej)
-        for k, v in unk.items():
-            unknown[k] = unknown.get(k, 0) + v
-        if not got.num_rows:
-            continue
-        order = np.argsort(bucket, kind="stable")
-        got = got.take(pa.array(order))
-        counts = np.bincount(bucket, minlength=n_buckets)
-        start = 0
-        for k in np.flatnonzero(counts):
-            parts.setdefault(int(k), []).append(got.slice(start, counts[k]))
-            start += counts[k]
-    # one file and row group per bucket: many buckets x small slices would make tiny row groups
-    for k in sorted(parts):
-        pq.write_table(pa.concat_tables(parts.pop(k)).combine_chunks(), tmp / f"b{k:05d}.parquet",
-                       compression="lz4", row_group_size=1 << 22)
-    rej = concat_rejects(rejects)
-    if len(rej):
-        pq.write_table(pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False),
-                       tmp / "rejects.parquet")
-    stats = {"rows": rows, "kept": kept, "unknown": unknown, "checks": checks.to_dict()}
-    (tmp / "stats.json").write_text(json.dumps(stats))
-    try:
-        os.replace(tmp, out)  # the slice's commit
-    except OSError:  # committed meanwhile by an orphaned worker of a killed run: same content
-        shutil.rmtree(tmp, ignore_errors=True)
-    return stats | {"table": sl.table, "task": sl.index}
-
-
-_INDEX_CACHE: dict[str, Any] = {}
-
-
-def _cached_index(path: str) -> ContactIndex:
-    """Step 1's contact index, loaded once per worker process (per run)."""
-    key = f"index:{path}:{os.stat(path).st_mtime_ns}"
-    if _INDEX_CACHE.get("index_key") != key:
-        _INDEX_CACHE.update(index_key=key, index=ContactIndex.load(Path(path)))
-    return _INDEX_CACHE["index"]
-
-
-def _cached_keys(prep_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    """Step 1's rows and buckets (memory-mapped: a slice touches only its rows)."""
-    prep = Path(prep_dir)
-    key = f"keys:{prep}:{os.stat(prep / 'keys_rows.npy').st_mtime_ns}"
-    if _INDEX_CACHE.get("keys_key") != key:
-        _INDEX_CACHE.update(keys_key=key, keys=(np.load(prep / "keys_rows.npy", mmap_mode="r"),
-                                                np.load(prep / "keys_bucket.npy", mmap_mode="r")))
-    return _INDEX_CACHE["keys"]
-
-
-def _read_parts(prep: Path, table: str, k: int) -> pa.Table:
-    """Bucket ``k``'s rows of ``table`` from every slice, in input order."""
-    files = sorted((prep / table).glob(f"{_TASK_DIRS}/b{k:05d}.parquet"))
-    if not files:
-        return SLICE_SCHEMAS[table].empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SLICE_SCHEMAS[table]) for f in files])
-
-
-def bucket_contacts(rows: pa.Table) -> pd.DataFrame:
-    """A bucket's valid contact rows (duplicates included) -> its clean contacts, as
-    :func:`features.hygiene.clean` makes them within the whole base: every duplicate of a
-    contact is in its canonical contact's bucket. Columns :data:`CONTACT_COLUMNS` + ``row``."""
-    from features.hygiene import clean_contacts
-
-    frame = rows.to_pandas()
-    frame = frame.drop(columns="row").set_axis(pd.Index(frame["row"].to_numpy(), name="row"))
-    contacts, _, _ = clean_contacts(frame)
-    keep = [c for c in CONTACT_COLUMNS if c in contacts.columns]
-    out = pa.Table.from_pandas(contacts[keep], preserve_index=False)
-    out = out.append_column("row", pa.array(contacts.index.to_numpy().astype(np.int64)))
-    return out.cast(CHUNK_CONTACT_SCHEMA).to_pandas()
-
-
-def _prepare(paths: dict[str, Path], ws: Workspace, as_of_opt: pd.Timestamp | None, chunk_size: int,
-             *, run: Runner, child: bool, console: Any | None) -> dict[str, Any]:
-    """Steps 1-2: the base linked and every table split by bucket into ``ws.prep``.
-
-    Step 1 is kept by ``--resume`` once finished, and so is every committed slice of step 2.
-    """
-    t0 = time.perf_counter()
-    keys_json = ws.prep / "keys.json"
-    if keys_json.exists():
-        info = json.loads(keys_json.read_text())
-    else:
-        shutil.rmtree(ws.prep, ignore_errors=True)
-        ws.prep.mkdir(parents=True)
-        if child:
-            with _pool(1) as pool:
-                info = pool.submit(_prepare_keys, paths, str(ws.prep), as_of_opt, chunk_size).result()
-        else:
-            info = _prepare_keys(paths, str(ws.prep), as_of_opt, chunk_size)
-    _say(console, f"{info['contacts']:,} contacts (of {info['contacts_read']:,} read) in "
-                  f"{info['n_buckets']} chunks; as-of {info['as_of']}")
-    t1 = time.perf_counter()
-    n_buckets = info["n_buckets"]
-    slices = [TableSlice(**{**d, "row_groups": tuple(d["row_groups"])}) for d in info["slices"]]
-    for name in schema.TABLES:
-        (ws.prep / name).mkdir(exist_ok=True)
-    total_rows = sum(s.rows for s in slices if s.rows >= 0)
-    calls = [(_slice_task, (sl, info["columns"][sl.table], str(ws.prep), n_buckets), sl.rows)
-             for sl in slices]
-    results: list[dict[str, Any]] = []
-
-    with Progress(console).task("reading", max(total_rows, 1), "rows") as advance:
-        def done(weight: int, r: dict[str, Any]) -> None:
-            results.append(r)
-            advance(weight if weight >= 0 else r["rows"])
-
-        run(calls, done)
-    checks = TableChecks()
-    unknown: dict[str, int] = {}
-    kept = {name: 0 for name in schema.TABLES}
-    for r in sorted(results, key=lambda r: (list(schema.TABLES).index(r["table"]), r["task"])):
-        checks.update(r["checks"])
-        kept[r["table"]] += r["kept"]
-        for k, v in r["unknown"].items():
-            unknown[k] = unknown.get(k, 0) + v
-    checks.raise_errors()
-    t2 = time.perf_counter()
-    prep = {key: info[key] for key in ("as_of", "export", "n_buckets", "bucket_sizes",
-                                       "contacts_read", "contacts")}
-    prep.update(stages=kept["stages"], events=kept["events"], slices=len(slices),
-                unknown_event_types=dict(sorted(unknown.items(), key=lambda kv: -kv[1])),
-                seconds={**info["seconds"], "prepare_keys": t1 - t0, "prepare_slices": t2 - t1})
-    write_text_atomic(ws.prep / "done.json", json.dumps(prep))
-    return prep
 
 
 # ---------------------------------------------------------------------------
@@ -1223,35 +621,6 @@ class Workspace:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _tmp_name(path: Path) -> Path:
-    # unique per process: an orphaned worker of a killed run may still be finishing a chunk
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_parquet_atomic(table: pa.Table, path: Path, **kwargs: Any) -> None:
-    tmp = _tmp_name(path)
-    pq.write_table(table, tmp, **kwargs)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def companion(out: Path, what: str) -> Path:
     """``scores.parquet`` -> ``scores.rejects.parquet`` / ``scores.movers.parquet``."""
     stem = out.name.removesuffix(".parquet")
@@ -1281,12 +650,7 @@ def _score_chunk_task(k: int, prep_dir: str, chunks_dir: str, as_of: str, scored
     """Worker: score bucket ``k`` from the prepared files and commit it atomically."""
     t0 = time.perf_counter()
     prep = Path(prep_dir)
-    contacts = bucket_contacts(_read_parts(prep, "contacts", k))
-    expected = json.loads((prep / "keys.json").read_text())["bucket_sizes"][k]
-    if len(contacts) != expected:  # step 1 and the chunk must agree on who is a contact
-        raise RuntimeError(f"chunk {k}: {len(contacts)} contacts after hygiene, {expected} expected")
-    stages = _read_parts(prep, "stages", k).to_pandas()
-    events = _read_parts(prep, "events", k).to_pandas()
+    contacts, events, stages = read_bucket(prep, k)
     t1 = time.perf_counter()
     res = score_chunk(contacts, events, stages, _WORKER["scorer"], as_of=pd.Timestamp(as_of),
                       scored_at=pd.Timestamp(scored_at), reasons=reasons, predict=_WORKER["predict"])
@@ -1299,111 +663,6 @@ def _score_chunk_task(k: int, prep_dir: str, chunks_dir: str, as_of: str, scored
     write_parquet_atomic(res.table, out / f"part-{k:05d}.parquet", compression="zstd")  # commit
     stats["seconds_write"] = time.perf_counter() - t2
     return stats
-
-
-def _pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
-    # forkserver: no fork of a process whose OpenMP (LightGBM) threads already ran
-    ctx = mp.get_context("forkserver")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer,
-                               initargs=initargs)
-
-
-Call = tuple[Callable[..., Any], tuple, int]  # function, arguments, progress weight
-#: runs calls (in any order, in parallel where it can) and reports each result to ``on_done``
-Runner = Callable[[list[Call], Callable[[int, Any], None]], None]
-
-
-def local_runner(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Runner:
-    """A :data:`Runner` on a pool of ``workers`` processes (one: in this process)."""
-    def run(calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
-        if len(calls) > 1 and workers > 1:
-            with _pool(min(workers, len(calls)), initializer, initargs) as pool:
-                _run_tasks(pool, calls, on_done)
-            return
-        if initializer is not None and calls:
-            initializer(*initargs)
-        for fn, args, weight in calls:
-            on_done(weight, fn(*args))
-
-    return run
-
-
-def _run_tasks(pool: ProcessPoolExecutor, calls: list[Call],
-               on_done: Callable[[int, Any], None]) -> None:
-    """Submit every call, report each result as it completes; first error cancels the rest."""
-    pending: dict[Future, int] = {pool.submit(fn, *args): weight for fn, args, weight in calls}
-    try:
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                weight = pending.pop(fut)
-                on_done(weight, fut.result())
-    except BaseException:
-        for fut in pending:
-            fut.cancel()
-        raise
-
-
-# ---------------------------------------------------------------------------
-# Progress: rich bar on a terminal, plain lines otherwise
-# ---------------------------------------------------------------------------
-
-
-class Progress:
-    """A rich progress bar (rows/s, ETA) on a terminal; plain log lines otherwise."""
-
-    def __init__(self, console: Any | None) -> None:
-        self.console = console
-        self.live = console is not None and getattr(console, "is_terminal", False)
-        self._bar: Any = None
-
-    @contextlib.contextmanager
-    def task(self, label: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
-        start = time.perf_counter()
-        done = [0]
-        if self.live:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            class RateColumn(TextColumn):
-                def render(self, task: Any) -> Any:
-                    from rich.text import Text
-
-                    speed = task.finished_speed or task.speed
-                    return Text(f"{speed:,.0f} {unit}/s" if speed else f"- {unit}/s")
-
-            bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TaskProgressColumn(), RateColumn(""), TimeElapsedColumn(),
-                               TextColumn("eta"), TimeRemainingColumn(), console=self.console,
-                               transient=False)
-            with bar:
-                tid = bar.add_task(label, total=total)
-
-                def advance(n: int) -> None:
-                    bar.advance(tid, n)
-
-                yield advance
-            return
-
-        def advance_plain(n: int) -> None:
-            done[0] += n
-            elapsed = time.perf_counter() - start
-            rate = done[0] / elapsed if elapsed > 0 else 0.0
-            eta = (total - done[0]) / rate if rate > 0 else float("nan")
-            msg = (f"{label}: {done[0]:,}/{total:,} {unit} ({100 * done[0] / max(total, 1):.0f}%), "
-                   f"{rate:,.0f} {unit}/s, elapsed {elapsed:.0f} s, eta {eta:.0f} s")
-            log.info(msg)
-            if self.console is not None:
-                self.console.print(msg, highlight=False)
-
-        yield advance_plain
 
 
 # ---------------------------------------------------------------------------
@@ -1542,12 +801,6 @@ def _foreign_work(ws: Workspace) -> bool:
     return ws.exists() and ws.manifest().get("pid") != os.getpid()
 
 
-def _say(console: Any | None, msg: str) -> None:
-    log.info(msg)
-    if console is not None:
-        console.print(msg, highlight=False)
-
-
 def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, workers: int,
                scorer: Any | None) -> BatchSummary:
     t_start = time.perf_counter()
@@ -1562,17 +815,17 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
             _check_resumable(old, inputs, opts, as_of_opt)
             resumed = True
             manifest = old
-            _say(console, f"resuming the interrupted run of {old['started']} "
+            say(console, f"resuming the interrupted run of {old['started']} "
                           f"({len(ws.done_chunks())} chunks already committed)")
         elif opts.overwrite:
-            _say(console, f"discarding the interrupted run's work in {ws.root}")
+            say(console, f"discarding the interrupted run's work in {ws.root}")
             _clear_work(ws)
         else:
             raise FileExistsError(
                 f"an interrupted run left its work in {ws.root}: pass --resume to continue it, "
                 "or --overwrite to start again")
     elif opts.resume:
-        _say(console, "nothing to resume: starting a new run")
+        say(console, "nothing to resume: starting a new run")
 
     if resumed:
         scorer = scorer or _load_for_resume(manifest)
@@ -1612,7 +865,7 @@ def execute(opts: BatchOptions, ws: Workspace, paths: dict[str, Path], scorer: A
     prep = ws.prepared()
     if prep is None:
         t0 = time.perf_counter()
-        prep = _prepare(paths, ws, _parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
+        prep = prepare(paths, ws.prep, _parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
                         child=child, console=console)
         seconds["prepare"] = time.perf_counter() - t0
     as_of = pd.Timestamp(prep["as_of"])
@@ -1674,11 +927,8 @@ def _check_resumable(old: dict[str, Any], inputs: list[dict[str, Any]], opts: Ba
 
 
 def _reject_files(ws: Workspace, n_buckets: int) -> list[Path]:
-    files = [ws.prep / "rejects.parquet"]
-    for name in schema.TABLES:
-        files += [d / "rejects.parquet" for d in sorted((ws.prep / name).glob(_TASK_DIRS))]
-    files += [ws.chunks / f"rejects-{k:05d}.parquet" for k in range(n_buckets)]
-    return [f for f in files if f.exists()]
+    chunks = [ws.chunks / f"rejects-{k:05d}.parquet" for k in range(n_buckets)]
+    return prepared_rejects(ws.prep) + [f for f in chunks if f.exists()]
 
 
 def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets: int,
@@ -1745,8 +995,8 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
                     t = pq.read_table(ws.chunk_path(k))
                     if t.num_rows:
                         w.write_table(t)
-            _fsync(tmp_out)
-            _fsync(tmp_rej)
+            fsync_path(tmp_out)
+            fsync_path(tmp_rej)
         if opts.previous is not None:
             current = pd.read_parquet(tmp_out, columns=["contact_id", "band", "score", "probability"])
             previous = read_previous(Path(opts.previous))
@@ -1759,7 +1009,7 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
     finally:
         for t in (tmp_out, tmp_rej):
             _remove(t)
-    _say(console, f"wrote {summary.eligible:,} scores to {out}")
+    say(console, f"wrote {summary.eligible:,} scores to {out}")
     return summary
 
 
@@ -1852,7 +1102,7 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
     summary.bands = {b: summary.bands.get(b, 0) for b in schema.BANDS}
     summary.chunks = math.ceil(len(frame) / opts.chunk_size)
     summary.seconds = {"total": time.perf_counter() - t_start}
-    _say(console, f"wrote {summary.eligible:,} scores to {out}")
+    say(console, f"wrote {summary.eligible:,} scores to {out}")
     return summary
 
 

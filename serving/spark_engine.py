@@ -4,10 +4,10 @@ The steps are the local engine's (:mod:`serving.batch`, :func:`serving.batch.exe
 with Spark's executors in place of the local process pool:
 
 1. **Driver**: the base is linked from its key columns (``contact_id``, ``created_at``,
-   ``email``; :func:`serving.batch.link_base`) and every contact gets the bucket of its
-   canonical contact (:func:`serving.batch.bucket_of`, a stable hash of its id).
+   ``email``; :func:`features.partition.link_base`) and every contact gets the bucket of its
+   canonical contact (:func:`features.partition.bucket_of`, a stable hash of its id).
 2. **One Spark task per slice** of each table (whole Parquet row groups): the rows are read,
-   validated and attached to their contact's bucket (:func:`serving.batch.attach_rows`) and
+   validated and attached to their contact's bucket (:func:`features.partition.attach_rows`) and
    written as one Parquet file per bucket into the work directory. Rows are bucketed by
    contact where they are read: no shuffle.
 3. **One Spark task per bucket**: its contacts are cleaned
@@ -53,6 +53,8 @@ from typing import Any
 import pandas as pd
 
 from features import schema
+from features.partition import table_path
+from features.tasks import Call, Runner, say
 from serving import batch as B
 
 _EXECUTOR: dict[str, Any] = {}  # per Python worker: the run whose initializer has run
@@ -84,8 +86,8 @@ def spark_session(master: str | None = None):
     return builder.getOrCreate(), True
 
 
-def spark_runner(spark: Any, initializer: Callable | None = None, initargs: tuple = ()) -> B.Runner:
-    """A :data:`serving.batch.Runner` on Spark: one task per call, results collected.
+def spark_runner(spark: Any, initializer: Callable | None = None, initargs: tuple = ()) -> Runner:
+    """A :data:`features.tasks.Runner` on Spark: one task per call, results collected.
 
     ``spark``: the session, or a function returning it (called when the first calls run).
     ``initializer(*initargs)`` (e.g. the scorer) is broadcast once and runs once per Python
@@ -93,7 +95,7 @@ def spark_runner(spark: Any, initializer: Callable | None = None, initargs: tupl
     """
     token = f"{os.getpid()}-{time.time_ns()}"
 
-    def run(calls: list[B.Call], on_done: Callable[[int, Any], None]) -> None:
+    def run(calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
         if not calls:
             return
         sc = (spark() if callable(spark) else spark).sparkContext
@@ -127,13 +129,13 @@ def run_spark(opts: B.BatchOptions, *, console: Any | None = None, scorer: Any |
               ) -> B.BatchSummary:
     """Run ``leadscore score`` with Spark; see the module docstring."""
     if opts.resume:
-        B._say(console, "--resume applies to the local engine; Spark reruns the whole job "
+        say(console, "--resume applies to the local engine; Spark reruns the whole job "
                         "(it retries failed tasks itself and leaves nothing partial in place)")
     t_start = time.perf_counter()
     out = Path(opts.out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     data = Path(opts.data)
-    paths = {name: B.table_path(data, name) for name in schema.TABLES}
+    paths = {name: table_path(data, name) for name in schema.TABLES}
     ws = B.Workspace(out, area="spark")
     ws.lock()
     starting: _SessionStart | None = None

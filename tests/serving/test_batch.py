@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from features.build import build_features
 from features.io import DataError
 from features.loading import load_base
-from serving.batch import BatchOptions, Workspace, bucket_of, compare_previous, run_batch
+from features.partition import bucket_of
+from serving.batch import BatchOptions, Workspace, compare_previous, run_batch
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +145,7 @@ def test_base_read_in_many_slices_scores_the_same(demo: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Small row groups, slices and batches: duplicates sit in other slices than their canonical
     contact, and step 1 reads only the key columns of the contacts; same output."""
-    import serving.batch as B
+    import features.partition as P
 
     ref_out = tmp_path / "ref" / "scores.parquet"
     ref = run_batch(_opts(demo, ref_out), workers=1)
@@ -153,17 +154,17 @@ def test_base_read_in_many_slices_scores_the_same(demo: Path, tmp_path: Path,
     for name, rows in (("contacts", 250), ("events", 7000), ("stages", 900)):
         pq.write_table(pq.read_table(demo / "data" / f"{name}.parquet"), data / f"{name}.parquet",
                        row_group_size=rows)
-    monkeypatch.setattr(B, "_SLICE_ROWS", {"contacts": 400, "events": 20_000, "stages": 3_000})
-    monkeypatch.setattr(B, "_SLICE_BATCH_ROWS", {"contacts": 128, "events": 5_000, "stages": 1_000})
-    monkeypatch.setattr(B, "_KEY_BATCH_ROWS", 300)
+    monkeypatch.setattr(P, "_SLICE_ROWS", {"contacts": 400, "events": 20_000, "stages": 3_000})
+    monkeypatch.setattr(P, "_SLICE_BATCH_ROWS", {"contacts": 128, "events": 5_000, "stages": 1_000})
+    monkeypatch.setattr(P, "_KEY_BATCH_ROWS", 300)
     reads: list[tuple[str, tuple[str, ...]]] = []
-    read_slice = B.read_slice
+    read_slice = P.read_slice
 
     def recording(sl, columns, **kw):
         reads.append((sl.table, tuple(columns)))
         return read_slice(sl, columns, **kw)
 
-    monkeypatch.setattr(B, "read_slice", recording)
+    monkeypatch.setattr(P, "read_slice", recording)
     out = tmp_path / "sliced" / "scores.parquet"
     summary = run_batch(_opts(demo, out, data=data), workers=1)  # one process: the patches apply
     contact_reads = [cols for table, cols in reads if table == "contacts"]
@@ -393,7 +394,7 @@ def test_compare_previous_without_scores_columns() -> None:
 def test_buckets_are_stable_across_processes() -> None:
     ids = [f"C{i:06d}" for i in range(1000)]
     here = bucket_of(ids, 7)
-    code = ("from serving.batch import bucket_of; import sys; "
+    code = ("from features.partition import bucket_of; import sys; "
             "print(','.join(map(str, bucket_of([f'C{i:06d}' for i in range(1000)], 7))))")
     there = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.strip()
