@@ -49,10 +49,19 @@ def load_base(data_dir: Path | str, *, until: pd.Timestamp | str | None = None) 
     cleaned = clean(tables, export_date=end)
     rejects = pd.concat([tables.rejects, cleaned.rejects], ignore_index=True) \
         if cleaned.rejects is not tables.rejects else cleaned.rejects
-    truth = None
+    return Base(cleaned.contacts, cleaned.events, cleaned.stages, rejects, end, read_truth(data_dir))
+
+
+def read_truth(data_dir: Path | str, *, since: pd.Timestamp | None = None) -> pd.DataFrame | None:
+    """The synthetic generator's ``truth`` table (``contact_id, as_of, p_convert_90d``) if the
+    directory has one, from as-of date ``since`` on (the test window: a fraction of the file)."""
     for suffix in (".parquet", ".csv"):
-        path = data_dir / f"truth{suffix}"
-        if path.exists():
-            truth = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, parse_dates=["as_of"])
-            break
-    return Base(cleaned.contacts, cleaned.events, cleaned.stages, rejects, end, truth)
+        path = Path(data_dir) / f"truth{suffix}"
+        if not path.exists():
+            continue
+        if suffix == ".csv":
+            truth = pd.read_csv(path, parse_dates=["as_of"])
+            return truth if since is None else truth[truth["as_of"] >= since].reset_index(drop=True)
+        filters = None if since is None else [("as_of", ">=", pd.Timestamp(since).to_pydatetime())]
+        return pd.read_parquet(path, filters=filters)
+    return None

@@ -31,10 +31,15 @@ Call = tuple[Callable[..., Any], tuple, int]  # function, arguments, progress we
 Runner = Callable[[list[Call], Callable[[int, Any], None]], None]
 
 
-def local_runner(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> Runner:
-    """A :data:`Runner` on a pool of ``workers`` processes (one: in this process)."""
+def local_runner(workers: int, initializer: Callable | None = None, initargs: tuple = (),
+                 *, min_weight: int = 0) -> Runner:
+    """A :data:`Runner` on a pool of ``workers`` processes (one: in this process).
+
+    Calls whose weights add up to less than ``min_weight`` run in this process: starting a
+    pool (a second of imports per process) costs more than small work gains from it.
+    """
     def run(calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
-        if len(calls) > 1 and workers > 1:
+        if len(calls) > 1 and workers > 1 and sum(max(w, 0) for _, _, w in calls) >= min_weight:
             with process_pool(min(workers, len(calls)), initializer, initargs) as pool:
                 _run_tasks(pool, calls, on_done)
             return

@@ -38,8 +38,7 @@ def demo_data(tmp_path_factory) -> Path:
 def trained_store(tmp_path_factory, demo_data) -> TrainedStore:
     """Train once per session (about 10-20 s) through the same functions the CLI uses."""
     from features.config import FeatureConfig
-    from features.loading import load_base
-    from training.cli import _input_example, _training_set
+    from training.cli import _input_example, _training_set, _truth
     from training.config import TrainConfig
     from training.tracking import configure_tracking, log_training
     from training.train import train
@@ -47,11 +46,11 @@ def trained_store(tmp_path_factory, demo_data) -> TrainedStore:
     workdir = tmp_path_factory.mktemp("store")
     previous = os.environ.pop("MLFLOW_TRACKING_URI", None)
     uri = configure_tracking(workdir)
-    base = load_base(demo_data)
-    ts = _training_set(base, FeatureConfig())
-    result = train(ts, config=TrainConfig(), truth=base.truth)
+    built = _training_set(demo_data, None, FeatureConfig(), workdir)
+    ts, example = built.frame, _input_example(*built.example, built.until)
+    result = train(ts, config=TrainConfig(), truth=_truth(demo_data, built, TrainConfig()))
     summary = log_training(result, training_set=ts, source=str(demo_data),
-                           input_example=_input_example(base), gate_config=TrainConfig().gate)
+                           input_example=example, gate_config=TrainConfig().gate)
     if not summary["promoted"]:
         # small data can leave the rules ahead: a data scientist would promote by hand so
         # that the serving tests below have a champion; the gate itself is tested separately
@@ -60,7 +59,8 @@ def trained_store(tmp_path_factory, demo_data) -> TrainedStore:
         promote(summary["version"])
     if previous is not None:
         os.environ["MLFLOW_TRACKING_URI"] = previous
-    return TrainedStore(workdir, demo_data, uri, {**summary, "result": result, "training_set": ts})
+    return TrainedStore(workdir, demo_data, uri, {**summary, "result": result, "training_set": ts,
+                                                      "input_example": example})
 
 
 @pytest.fixture

@@ -89,26 +89,45 @@ def features(
     print_frame(base.rejects_by_reason(), "rejected rows")
 
 
-def _training_set(base, feature_config):
-    from features.build import build_training_set, monthly_as_of_dates
+def _training_set(data: Path, until: str | None, feature_config, workdir: Path):
+    """The point-in-time training set of ``data``, built bucket by bucket (any base size)."""
+    from features.io import DataError
+    from features.training_set import partitioned_training_set
 
-    dates = monthly_as_of_dates(base.contacts["created_at"].min(), base.until,
-                                horizon_days=feature_config.horizon_days)
-    return build_training_set(base.contacts, base.events, base.stages, dates, config=feature_config)
+    try:
+        ts = partitioned_training_set(data, until=until, config=feature_config, workdir=workdir,
+                                      console=console)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    frame = ts.frame
+    console.print(f"training set: {len(frame):,} rows of {ts.contacts:,} contacts, "
+                  f"{len(ts.as_of_dates)} as-of dates, {frame['converted'].mean():.2%} converted")
+    if len(ts.rejects):
+        print_frame(ts.rejects, "rejected rows")
+    return ts
 
 
-def _input_example(base, n: int = 3) -> pd.DataFrame:
+def _truth(data: Path, ts, train_config) -> pd.DataFrame | None:
+    """The generator's oracle for the test window, when the data has a truth table."""
+    from features.loading import read_truth
+
+    return read_truth(data, since=ts.as_of_dates[-train_config.split.test_dates])
+
+
+def _input_example(contacts: pd.DataFrame, events: pd.DataFrame, until: pd.Timestamp) -> pd.DataFrame:
     """A few raw leads (contact fields + events JSON) for the MLflow signature, without PII."""
-    contacts = base.contacts.head(n).drop(columns=["email", "phone", "company_name"], errors="ignore")
-    keep = [c for c in contacts.columns if c in __import__("features.schema", fromlist=["x"]).CONTACTS.columns]
+    from features import schema
+
+    keep = [c for c in contacts.columns if c in schema.CONTACTS.columns
+            and c not in ("email", "phone", "company_name")]
     contacts = contacts[keep].copy()
     contacts["created_at"] = contacts["created_at"].astype(str)
-    ev = base.events[base.events["contact_id"].isin(contacts["contact_id"])].copy()
+    ev = events[events["contact_id"].isin(contacts["contact_id"])].copy()
     ev["ts"] = ev["ts"].astype(str)
     grouped = {cid: g.drop(columns="contact_id").astype(object).where(g.notna(), None).to_dict("records")
                for cid, g in ev.groupby("contact_id")}
     contacts["events"] = [json.dumps(grouped.get(c, []), default=str) for c in contacts["contact_id"]]
-    contacts["as_of"] = str(base.until)
+    contacts["as_of"] = str(until)
     return contacts.reset_index(drop=True)
 
 
@@ -138,20 +157,17 @@ def train(
         return
     fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
     uri = configure_tracking(workdir)
-    base = _load(data, until)
-    with console.status("building point-in-time training set"):
-        ts = _training_set(base, fcfg)
-    console.print(f"training set: {len(ts):,} rows, {ts['as_of'].nunique()} as-of dates, "
-                  f"{ts['converted'].mean():.2%} converted")
+    ts = _training_set(data, until, fcfg, workdir)
     try:
         with console.status("training"):
-            result = run_training(ts, config=tcfg, feature_config=fcfg, truth=base.truth, tune_trials=tune)
+            result = run_training(ts.frame, config=tcfg, feature_config=fcfg,
+                                  truth=_truth(data, ts, tcfg), tune_trials=tune)
     except NotEnoughData as e:
         console.print(f"[yellow]no model trained: {e}. The rule scorer stays in charge.[/]")
         return
     with console.status("logging to MLflow"):
-        summary = log_training(result, training_set=ts, source=str(data.resolve()),
-                               input_example=_input_example(base), gate_config=tcfg.gate)
+        summary = log_training(result, training_set=ts.frame, source=str(data.resolve()),
+                               input_example=_input_example(*ts.example, ts.until), gate_config=tcfg.gate)
     for col, why in result.excluded.items():
         console.print(f"[yellow]excluded[/] {col}: {why}")
     print_frame(result.comparison[["roc_auc", "pr_auc", "log_loss", "brier", "ece",
@@ -196,17 +212,16 @@ def evaluate(
 
     fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
     configure_tracking(workdir)
-    base = _load(data, until)
-    ts = _training_set(base, fcfg)
+    ts = _training_set(data, until, fcfg, workdir)
     try:
-        result = run_training(ts, config=tcfg, feature_config=fcfg, truth=base.truth)
+        result = run_training(ts.frame, config=tcfg, feature_config=fcfg, truth=_truth(data, ts, tcfg))
     except NotEnoughData as e:
         fail(f"cannot evaluate: {e}")
     preds = result.test_predictions
     scorers = {c: preds[c].to_numpy() for c in ("model", "rules", "logistic", "oracle") if c in preds}
     champion = load_scorer(model)
     if champion.scorer == "model":
-        test = ts.loc[result.split.test].reset_index(drop=True)
+        test = ts.frame.loc[result.split.test].reset_index(drop=True)
         scorers[f"champion v{champion.model_version}"] = champion.predict_proba(test)
     table = compare(scorers, preds["converted"].to_numpy()).set_index("scorer")
     print_frame(table[["roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift",

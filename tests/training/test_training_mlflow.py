@@ -57,13 +57,11 @@ print(json.dumps(out.iloc[0][["contact_id", "probability", "score", "band", "sco
 
 def test_gate_keeps_a_worse_model_as_challenger_and_rollback_restores(use_store):
     from training.tracking import log_training, promote, rollback
-    from training.cli import _input_example
-    from features.loading import load_base
 
     ts = use_store.summary["training_set"]
     # a deliberately weak model: one tree on two features
     weak = train(ts, config=TrainConfig(num_boost_round=1), categorical=["country"], numeric=["employees"])
-    summary = log_training(weak, training_set=ts, source="test", input_example=_input_example(load_base(use_store.data)))
+    summary = log_training(weak, training_set=ts, source="test", input_example=use_store.summary["input_example"])
     client = MlflowClient()
     assert not summary["promoted"] and summary["alias"] == "challenger"
     assert str(client.get_model_version_by_alias("lead-scoring", "champion").version) == use_store.summary["version"]

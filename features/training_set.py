@@ -1,0 +1,141 @@
+"""The point-in-time training set of a base of any size, built bucket by bucket.
+
+:func:`features.build.build_training_set` needs the whole base in memory as pandas frames:
+fine for a hundred thousand contacts, not for millions (tens of millions of events). Here
+the base is partitioned by contact (:func:`features.partition.prepare`, the nightly batch's
+preparation) and a pool of processes builds each bucket's snapshots with the same
+:class:`~features.build.Snapshotter`. Every contact's events and stage changes sit in its
+bucket, so a bucket's rows are exactly the rows the whole-base build gives for its
+contacts; the buckets' rows are put back in the whole-base order (as-of date, then the
+contact's row in the input), so both builds give the same frame.
+
+Memory: the workers hold one bucket each; the caller holds the training set itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features import schema
+from features.build import Snapshotter, monthly_as_of_dates
+from features.config import FeatureConfig
+from features.io import rejects_summary, write_parquet_atomic
+from features.partition import REJECT_SCHEMA, prepare, prepared_rejects, read_bucket, table_path
+from features.tasks import Progress, local_runner
+
+#: contacts per bucket: a worker's snapshots of a bucket stay in the hundreds of MB
+CHUNK_SIZE = 50_000
+#: rows read (all tables) below which the base is read in this process, without a pool
+_POOL_MIN_ROWS = 2_000_000
+
+
+@dataclass
+class TrainingSet:
+    """A training set built from a data directory, with what the run should report."""
+
+    frame: pd.DataFrame  # contact_id, as_of, features, label: one row per eligible (contact, as_of)
+    as_of_dates: list[pd.Timestamp]
+    until: pd.Timestamp  # the data's end (export date)
+    contacts: int  # clean contacts
+    events: int  # events kept
+    rejects: pd.DataFrame  # table, reason, rows: what was rejected while reading the base
+    example: tuple[pd.DataFrame, pd.DataFrame]  # a few clean contacts and their events
+
+
+def partitioned_training_set(
+    data_dir: Path | str,
+    *,
+    until: pd.Timestamp | str | None = None,
+    config: FeatureConfig | None = None,
+    workdir: Path | str | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    workers: int | None = None,
+    console: Any | None = None,
+) -> TrainingSet:
+    """Monthly point-in-time snapshots of the base in ``data_dir`` with their labels.
+
+    Parameters
+    ----------
+    until
+        The data's end (default: the last stage change); snapshots need a full label horizon
+        before it (:func:`~features.build.monthly_as_of_dates`).
+    workdir
+        Where the partitioned base is written while it is read (removed afterwards);
+        default: the system's temporary directory.
+    workers
+        Processes (default: one per core).
+    """
+    config = config or FeatureConfig()
+    workers = max(1, workers or os.cpu_count() or 1)
+    data_dir = Path(data_dir)
+    paths = {name: table_path(data_dir, name) for name in schema.TABLES}
+    until_ts = pd.Timestamp(until) if until is not None else None
+    with tempfile.TemporaryDirectory(prefix=".leadscore-training-set-", dir=workdir) as tmp:
+        prep, parts = Path(tmp) / "prep", Path(tmp) / "snapshots"
+        parts.mkdir()
+        # step 1 in this process: its memory is small beside the training set's
+        info = prepare(paths, prep, until_ts, chunk_size,
+                       run=local_runner(workers, min_weight=_POOL_MIN_ROWS), child=False,
+                       console=console)
+        end = pd.Timestamp(info["as_of"])
+        dates = monthly_as_of_dates(pd.Timestamp(info["created_min"]), end,
+                                    horizon_days=config.horizon_days)
+        if not dates:
+            raise ValueError("no as-of dates: the history is shorter than the label horizon "
+                             f"({config.horizon_days} days) plus 60 days")
+        n_buckets = int(info["n_buckets"])
+        calls = [(_snapshot_task, (k, str(prep), str(parts), [str(t) for t in dates], config),
+                  int(info["bucket_sizes"][k])) for k in range(n_buckets)]
+        with Progress(console).task("snapshots", int(info["contacts"]), "contacts") as advance:
+            local_runner(workers)(calls, lambda weight, _: advance(weight))
+        frame = _assemble(parts, n_buckets)
+        contacts, events, _ = read_bucket(prep, 0)
+        first = contacts.sort_values("row").head(3)
+        example = (first.drop(columns="row").reset_index(drop=True),
+                   events[events["contact_id"].isin(first["contact_id"])].reset_index(drop=True))
+        rejects = rejects_summary(pd.concat(
+            [pq.read_table(f, schema=REJECT_SCHEMA).to_pandas() for f in prepared_rejects(prep)],
+            ignore_index=True))
+    return TrainingSet(frame, dates, pd.Timestamp(info["export"]), int(info["contacts"]),
+                       int(info["events"]), rejects, example)
+
+
+def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.DataFrame,
+                     as_of_dates: list[pd.Timestamp], config: FeatureConfig) -> pd.DataFrame:
+    """A bucket's snapshots with labels and the contacts' input ``row`` (for the order)."""
+    snap = Snapshotter(contacts, events, stages, config)
+    row_of = pd.Series(contacts["row"].to_numpy(), index=contacts["contact_id"].astype("str"))
+    parts = []
+    for t in as_of_dates:
+        frame = snap.features_at(t)
+        frame[schema.LABEL] = snap.labels_at(t, frame["contact_id"])
+        frame["row"] = row_of.reindex(frame["contact_id"]).to_numpy()
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config: FeatureConfig) -> int:
+    """Worker: bucket ``k``'s snapshots -> ``parts/part-k.parquet``; returns its rows."""
+    contacts, events, stages = read_bucket(Path(prep), k)
+    frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
+    write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False),
+                         Path(parts) / f"part-{k:05d}.parquet")
+    return len(frame)
+
+
+def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
+    """Every bucket's snapshots in the whole-base order: as-of date, then input row."""
+    table = pa.concat_tables([pq.read_table(parts / f"part-{k:05d}.parquet") for k in range(n_buckets)])
+    as_of = table.column("as_of").to_numpy().astype("int64")
+    order = np.lexsort((table.column("row").to_numpy(), as_of))
+    table = table.take(pa.array(order)).drop_columns(["row"])
+    return table.to_pandas()
