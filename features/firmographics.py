@@ -22,6 +22,11 @@ _PROFILE_FIELDS = (
 
 
 @lru_cache(maxsize=1)
+def _title_placeholders() -> frozenset[str]:
+    return frozenset(_normalise_title(str(w)) for w in yaml.safe_load(_TITLES_YAML.read_text())["placeholders"])
+
+
+@lru_cache(maxsize=1)
 def _title_patterns() -> tuple[list[tuple[str, re.Pattern]], list[tuple[str, re.Pattern]]]:
     spec = yaml.safe_load(_TITLES_YAML.read_text())
 
@@ -54,11 +59,15 @@ def parse_job_title(title: object) -> tuple[str, str]:
     ('director', 'purchasing')
     >>> parse_job_title(None)
     ('unknown', 'unknown')
+    >>> parse_job_title(" N/A ")
+    ('unknown', 'unknown')
     """
-    if not isinstance(title, str) or not title.strip():
+    if not isinstance(title, str):
+        return "unknown", "unknown"
+    t = _normalise_title(title)
+    if t in _title_placeholders() or not any(c.isalpha() for c in t):
         return "unknown", "unknown"
     seniority_patterns, department_patterns = _title_patterns()
-    t = _normalise_title(title)
     seniority = next((lvl for lvl, p in seniority_patterns if p.search(t)), "individual")
     department = next((dep for dep, p in department_patterns if p.search(t)), "other")
     if seniority == "c_level" and department == "other":

@@ -297,3 +297,20 @@ def test_fit_features_of_frames_and_columns_agree():
         assert want.keys() == got.keys()
         for name, values in want.items():
             assert list(_as_objects(pd.Series(got[name]))) == list(_as_objects(pd.Series(values))), name
+
+
+@pytest.mark.parametrize(("title", "expected"), [
+    ("VP Marketing", ("vp", "marketing")),
+    ("Leiter Einkauf", ("director", "purchasing")),
+    ("Sr. Software Engineer", ("individual", "engineering")),
+    (None, ("unknown", "unknown")),
+    ("", ("unknown", "unknown")),
+    (" N/A ", ("unknown", "unknown")),  # a placeholder says nothing: not an individual contributor
+    ("-", ("unknown", "unknown")),
+    ("NULL", ("unknown", "unknown")),
+    ("12345", ("unknown", "unknown")),
+])
+def test_job_title_parsing(title, expected) -> None:
+    from features.firmographics import parse_job_title
+
+    assert parse_job_title(title) == expected
