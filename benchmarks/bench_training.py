@@ -6,10 +6,11 @@ Usage::
         [--keep DIR] [--params '{"learning_rate": 0.03}'] [--table]
 
 Stages: ``generate`` (``features.synthetic.generate`` + ``write_tables`` into a temporary
-directory, skipped with ``--data``), ``load`` (``features.loading.load_base``),
-``training_set`` (as ``training/cli.py::_training_set``) and ``train``
-(``training.train.train(..., truth=base.truth)``). For each stage: wall time and the peak
-RSS of the process so far (``ru_maxrss``, so a stage's figure includes the earlier ones).
+directory, skipped with ``--data``), ``training_set`` (read, hygiene and snapshots bucket by
+bucket: ``features.training_set.partitioned_training_set``, as ``leadscore train`` does) and
+``train`` (``training.train.train(..., truth=...)``). For each stage: wall time and the peak
+RSS of the process so far (``ru_maxrss``, so a stage's figure includes the earlier ones);
+``peak_rss_children_mb`` is the largest worker process's.
 
 Quality: the test-window comparison (model / rules / logistic / oracle: ROC AUC, PR AUC,
 log loss, ECE, top-decile lift) as ``train`` computes it, and the model's raw (uncalibrated)
@@ -38,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
-from features.build import build_training_set, monthly_as_of_dates  # noqa: E402
 from features.config import FeatureConfig  # noqa: E402
-from features.loading import load_base  # noqa: E402
+from features.loading import read_truth  # noqa: E402
 from features.synthetic import generate, write_tables  # noqa: E402
+from features.training_set import partitioned_training_set  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.train import train  # noqa: E402
 
@@ -65,13 +66,6 @@ class _Stages:
         return value
 
 
-def _training_set(base, feature_config: FeatureConfig):
-    """Exactly ``training/cli.py::_training_set``."""
-    dates = monthly_as_of_dates(base.contacts["created_at"].min(), base.until,
-                                horizon_days=feature_config.horizon_days)
-    return build_training_set(base.contacts, base.events, base.stages, dates, config=feature_config)
-
-
 def _validation_quality(result, ts) -> dict[str, float]:
     """Raw booster quality on the validation window (for choosing hyperparameters)."""
     val = ts.loc[result.split.validation]
@@ -86,6 +80,10 @@ def run(contacts: int, seed: int, data: Path | None, keep: Path | None,
         params: dict[str, Any], *, tune_trials: int = 0) -> tuple[dict[str, Any], Any]:
     load_before = os.getloadavg()[0]
     stages = _Stages()
+    fcfg = FeatureConfig()
+    tcfg = TrainConfig()
+    if params:
+        tcfg = tcfg.model_copy(update={"lgbm_params": {**tcfg.lgbm_params, **params}})
     with tempfile.TemporaryDirectory() as tmp:
         if data is None:
             data = keep if keep is not None else Path(tmp) / "data"
@@ -94,13 +92,10 @@ def run(contacts: int, seed: int, data: Path | None, keep: Path | None,
                 write_tables(generate(contacts, seed), data)
 
             stages.run("generate", gen)
-        base = stages.run("load", load_base, data)
-    fcfg = FeatureConfig()
-    tcfg = TrainConfig()
-    if params:
-        tcfg = tcfg.model_copy(update={"lgbm_params": {**tcfg.lgbm_params, **params}})
-    ts = stages.run("training_set", _training_set, base, fcfg)
-    result = stages.run("train", train, ts, config=tcfg, feature_config=fcfg, truth=base.truth,
+        built = stages.run("training_set", partitioned_training_set, data, config=fcfg)
+        truth = read_truth(data, since=built.as_of_dates[-tcfg.split.test_dates])
+    ts = built.frame
+    result = stages.run("train", train, ts, config=tcfg, feature_config=fcfg, truth=truth,
                         tune_trials=tune_trials)
     cmp = result.comparison
     table = {s: {m: round(float(cmp.loc[s, m]), 4) for m in _METRICS if m in cmp}
@@ -120,7 +115,7 @@ def run(contacts: int, seed: int, data: Path | None, keep: Path | None,
         "contacts": contacts if "generate" in stages.out else None,
         "seed": seed if "generate" in stages.out else None,
         "data": None if "generate" in stages.out and keep is None else str(data),
-        "rows": {"contacts": len(base.contacts), "events": len(base.events),
+        "rows": {"contacts": built.contacts, "events": built.events,
                  "training_set": len(ts), "as_of_dates": int(ts["as_of"].nunique()),
                  **result.model.metadata["rows"]},
         "positives": result.model.metadata["positives"],
@@ -133,6 +128,7 @@ def run(contacts: int, seed: int, data: Path | None, keep: Path | None,
         "gaps": gaps,
         "stages": stages.out,
         "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     return out, result
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import mlflow
 from mlflow import MlflowClient
 
 from training.config import TrainConfig
@@ -102,3 +104,28 @@ def test_reasons_name_readable_features_with_the_leads_values(trained_store):
     reasons = [r for rs in out["reasons"] for r in rs]
     assert reasons and all({"feature", "value", "effect"} <= set(r) for r in reasons)
     assert not any("_" in r["feature"] for r in reasons)  # business-readable, not column names
+
+
+def test_lineage_schema_equals_mlflows_inference_on_the_whole_frame():
+    """The run's dataset schema is MLflow's own, also for a column whose only missing value
+    lies beyond the sample the types are read from."""
+
+
+    from training.tracking import lineage_dataset
+
+    rng = np.random.default_rng(0)
+    n = 30_000
+    frame = pd.DataFrame({
+        "x": rng.normal(size=n),
+        "late_missing": np.r_[np.ones(n - 1), np.nan],
+        "segment": pd.array(rng.choice(["a", "b"], n), dtype="str"),
+        "as_of": pd.Timestamp("2025-01-01"),
+        "converted": rng.integers(0, 2, n).astype("int8"),
+    })
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected = mlflow.data.from_pandas(frame, source="t", name="training_set", targets="converted").schema
+        got = lineage_dataset(frame, "t", "converted")
+    assert got.schema == expected
+    assert not {c.name: c for c in got.schema.inputs}["late_missing"].required
+    assert got.profile["num_rows"] == n and got.targets == "converted"
