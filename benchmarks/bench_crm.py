@@ -80,7 +80,7 @@ def reference_models(frame: pd.DataFrame, trained) -> dict[str, np.ndarray]:
 
     config, columns = trained.config, trained.columns
     keep_cols = [c for c in frame.columns
-                 if c not in columns.excluded or columns.excluded[c].startswith("constant")]
+                 if c not in columns.excluded or columns.excluded[c].startswith(("constant", "empty"))]
     keep_cols = [c for c in keep_cols if c != config.target.column]
     labels = table_features(frame, config, [], [], with_target=True)
     labelled = labels["converted"].notna().to_numpy()

@@ -15,7 +15,12 @@ takes such a table as it is:
   personal data, dates, constant columns and probable leaks (``training.leakage``) are
   detected and written out (:func:`dump_dataset_config`) for review and reuse.
 * :func:`table_features` — the cleaning, the same at training and at scoring time (the model
-  stores its dataset config, so batch, pyfunc and HTTP scoring clean raw rows identically).
+  stores its dataset config, so batch, pyfunc and HTTP scoring clean raw rows identically):
+  placeholders and blanks are missing; numbers may carry thousands separators, a currency
+  sign or a decimal comma; ``TRUE``/``true``/``True`` and a boolean are one value; dates are
+  read in one day/month order per column.
+* :func:`table_rejects` — rows not trained on, each with its reason (no target, an open deal
+  with ``target.negative``, no time, a repeated id under ``duplicate_ids``): never a silent drop.
 * :class:`TableRuleScorer` — the rule scorer for tables: points per column value and numeric
   thresholds. Given in the config (``rules:``) or, by default, a **learned scorecard**: on the
   training rows only, each value's points are its smoothed log-odds of conversion relative to
@@ -77,6 +82,7 @@ __all__ = [
     "score_table",
     "table_column",
     "table_features",
+    "table_rejects",
     "table_time_split",
     "table_training_config",
     "train_table",
@@ -193,7 +199,19 @@ class TargetConfig(_Strict):
 
     column: str = Field(min_length=1)
     positive: Scalar | list[Scalar] | None = Field(
-        None, description="value(s) meaning converted; optional for 0/1, true/false, yes/no")
+        None, description="value(s) meaning converted; optional for 0/1, true/false, yes/no, won/lost")
+    negative: Scalar | list[Scalar] | None = Field(
+        None, description="value(s) meaning not converted; when given, any other value (an open "
+                          "deal) is unlabelled: not trained on, listed in the rejects")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> TargetConfig:
+        def keys(v: Any) -> set[str]:
+            return set() if v is None else {_key(x) for x in (v if isinstance(v, list) else [v])}
+        both = sorted(keys(self.positive) & keys(self.negative))
+        if both:
+            raise ValueError(f"values both positive and negative: {both}")
+        return self
 
 
 def _reasons(value: Any, default: str) -> dict[str, str]:
@@ -234,6 +252,11 @@ class DatasetConfig(_Strict):
     include_post_contact: bool = False
     use: list[str] | None = Field(None, description="only these columns as features")
     time_column: str | None = Field(None, description="lead creation time: time split")
+    dayfirst: bool | None = Field(
+        None, description="dates as 31/12/2024 (true) or 12/31/2024 (false); default: from the values")
+    duplicate_ids: Literal["first", "last", "error"] = Field(
+        "first", description="rows repeating an id_column value: keep the first or the last "
+                             "(the others go to the rejects), or fail")
     categorical: list[str] = Field(default_factory=list, description="force categorical")
     numeric: list[str] = Field(default_factory=list, description="force numeric")
     rules: TableRulesConfig | None = Field(None, description="rule points; default: learned")
@@ -284,11 +307,20 @@ class DatasetConfig(_Strict):
                     raise ValueError(f"{key}: {c!r} is the {special[c]}, not a feature")
         if self.id_column and self.id_column == self.target.column:
             raise ValueError("id_column and target.column are the same column")
+        if self.separator and self.separator in (self.decimal, self.thousands):
+            raise ValueError(f"separator {self.separator!r} is also the decimal or thousands mark")
+        if self.thousands and self.thousands == self.decimal:
+            raise ValueError(f"decimal and thousands are the same mark {self.decimal!r}")
         return self
 
     @property
     def positive_values(self) -> list[Scalar] | None:
         p = self.target.positive
+        return None if p is None else list(p) if isinstance(p, list) else [p]
+
+    @property
+    def negative_values(self) -> list[Scalar] | None:
+        p = self.target.negative
         return None if p is None else list(p) if isinstance(p, list) else [p]
 
 
@@ -352,7 +384,8 @@ _HEADER = """\
 # Keys: id_column, target {column, positive}, separator, placeholders (values meaning missing),
 # exclude and post_contact (column: reason; post-contact columns are filled in after sales
 # contact, leak the outcome, and are left out of training unless include_post_contact: true),
-# time_column (time split instead of a stratified random one), categorical / numeric
+# time_column (time split instead of a stratified random one; dayfirst for 31/12 dates),
+# duplicate_ids (first | last | error), categorical / numeric
 # (force a column's kind), use (only these columns), rules (points per value / threshold for
 # the rule scorer; default: a scorecard learned on the training rows), training (TrainConfig
 # overrides), notes (free text).
@@ -363,9 +396,9 @@ def dump_dataset_config(config: DatasetConfig, header: str = "") -> str:
     """The config as YAML text (defaults left out), with an explanatory header."""
     data = config.model_dump(mode="json", exclude_defaults=True)
     data.setdefault("target", config.target.model_dump(mode="json"))
-    order = ["name", "id_column", "target", "separator", "encoding", "decimal", "thousands",
-             "placeholders", "time_column", "exclude", "post_contact", "include_post_contact",
-             "use", "categorical", "numeric", "rules", "scorecard_columns", "cross_fit_folds",
+    order = ["name", "id_column", "duplicate_ids", "target", "separator", "encoding", "decimal",
+             "thousands", "placeholders", "time_column", "dayfirst", "exclude", "post_contact",
+             "include_post_contact", "use", "categorical", "numeric", "rules", "scorecard_columns", "cross_fit_folds",
              "registered_model", "training", "notes"]
     ordered = {k: data[k] for k in order if k in data}
     text = yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True, width=100)
@@ -476,16 +509,37 @@ def parse_numbers(s: pd.Series, *, decimal: str = ".", thousands: str | None = N
     return pd.Series(lut[codes], index=s.index, dtype="float64")
 
 
+_CURRENCY = "$€£¥₹"
+_GROUPED = {",": re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?"),
+            ".": re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d+)?")}
+
+
 def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
+    """One cell as a number: ``decimal`` is the decimal mark; digit groups are separated by
+    ``thousands``, spaces or apostrophes, or by the other of ``,``/``.`` when every group has
+    three digits (``1,234,567.5`` with decimal ``.``, ``1.234,5`` with decimal ``,``); a
+    currency sign or a trailing ``%`` is ignored; ``true``/``false`` are 1 and 0 (a boolean
+    column of a Parquet file arrives as text from a CSV or a JSON request). Anything else is NaN."""
     if isinstance(value, (bool, np.bool_)):
         return float(value)
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
-    text = str(value).strip().replace(" ", "").replace("\u00a0", "")
+    text = str(value).strip()
+    if text.casefold() in ("true", "false"):  # a boolean column read as text (CSV, JSON)
+        return float(text.casefold() == "true")
+    for ch in (" ", "\u00a0", "\u202f", "'", "\u2019"):
+        text = text.replace(ch, "")
+    text = text.strip(_CURRENCY).removesuffix("%")
+    if len(text) > 1 and text[0] in "+-" and text[1] in _CURRENCY:
+        text = text[0] + text[2:]
     if thousands:
         text = text.replace(thousands, "")
+    else:
+        group = "," if decimal == "." else "." if decimal == "," else None
+        if group and group in text and _GROUPED[group].fullmatch(text):
+            text = text.replace(group, "")
     if decimal != ".":
-        if "." in text and not thousands:
+        if "." in text:
             return np.nan
         text = text.replace(decimal, ".")
     try:
@@ -496,12 +550,16 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
 
 
 def _category_text(s: pd.Series) -> pd.Series:
-    """Category labels as trimmed text; integral numbers without ``.0`` (``3.0`` -> ``"3"``)."""
+    """Category labels as trimmed text; integral numbers without ``.0`` (``3.0`` -> ``"3"``);
+    booleans and their text in any case as ``True``/``False`` (a CSV's ``TRUE`` and a JSON
+    request's ``true`` are the same value)."""
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
     labels = []
     for u in uniques:
         if isinstance(u, (bool, np.bool_)):
             labels.append(str(bool(u)))
+        elif isinstance(u, str) and u.strip().casefold() in ("true", "false"):
+            labels.append(u.strip().capitalize())  # TRUE / true / True: one label, as a boolean's
         elif isinstance(u, (float, np.floating)) and float(u).is_integer():
             labels.append(str(int(u)))
         else:
@@ -594,15 +652,15 @@ def target_labels(s: pd.Series, config: DatasetConfig) -> pd.Series:
     present = sorted({k for k in keys.dropna().unique()})
     col = config.target.column
     positive = config.positive_values
+    negative = config.negative_values
+    if positive is None and negative is not None:
+        neg = {_key(v) for v in negative}
+        positive = [k for k in present if k not in neg]
     if positive is None:
-        if set(present) <= {"0", "1"}:
-            positive = ["1"]
-        elif set(present) <= {"true", "false"}:
-            positive = ["true"]
-        elif set(present) <= {"yes", "no"}:
-            positive = ["yes"]
-        elif set(present) <= {"y", "n"}:
-            positive = ["y"]
+        pos = [k for k in present if k in _POSITIVE_WORDS]
+        neg = [k for k in present if k in _NEGATIVE_WORDS]
+        if len(pos) <= 1 and len(neg) <= 1 and len(pos) + len(neg) == len(present):
+            positive = pos  # 1/0, true/false, yes/no, won/lost, converted/not converted, ...
         else:
             shown = ", ".join(present[:6]) + (", ..." if len(present) > 6 else "")
             raise DatasetConfigError(
@@ -616,7 +674,10 @@ def target_labels(s: pd.Series, config: DatasetConfig) -> pd.Series:
             f"target.positive: {unknown} not found in column {col!r} (values: {shown}): "
             "one class only; a model needs converted and non-converted leads")
     y = keys.isin(pos_keys).astype("float64")
-    return y.where(keys.notna(), np.nan)
+    labelled = keys.notna()
+    if negative is not None:
+        labelled &= keys.isin(pos_keys | {_key(v) for v in negative})
+    return y.where(labelled, np.nan)
 
 
 # ---------------------------------------------------------------------------
@@ -727,13 +788,18 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
             excluded[col] = "not listed under use"
             continue
         s = frame[col]
+        present = s[~_missing_mask(s, placeholders)]
+        if present.empty:  # even when the config lists it: nothing to learn from
+            excluded[col] = "empty: no value on any row (blank or a placeholder)"
+            if col in forced:
+                log.warning("column %r is listed in the dataset config but empty: left out", col)
+            continue
         is_num = col in config.numeric or (
             col not in config.categorical and _numeric_share(s, config, placeholders) >= 0.98)
         if auto and col not in forced:
-            present = s[~_missing_mask(s, placeholders)]
             reason = _personal_reason(present, col)
             if reason is None and present.nunique() <= 1:
-                reason = "constant: one value (or none) on every row"
+                reason = "constant: one value on every row"
             if reason is None and not is_num and _date_share(present) >= 0.9:
                 reason = ("date/time column: when it was recorded is unknown (it may postdate "
                           "the outcome); name it time_column to split by it")
@@ -784,19 +850,28 @@ def check_config(frame: pd.DataFrame, config: DatasetConfig) -> Columns:
         raise DatasetConfigError(
             f"target.column {config.target.column!r}: one class only ({len(labelled)} labelled "
             f"rows, all {only}); a model needs converted and non-converted leads")
-    if config.id_column:
-        dup = int(frame[config.id_column].duplicated().sum())
-        if dup:
-            log.warning("id_column %r: %d duplicated id(s); rows are kept", config.id_column, dup)
+    if config.id_column and config.duplicate_ids == "error":
+        ids = _category_text(frame[config.id_column]).reset_index(drop=True)
+        dup = ids.notna() & ids.duplicated(keep="first")
+        if dup.any():
+            first = int(np.flatnonzero(dup)[0])
+            same = int(np.flatnonzero((ids == ids[first]).to_numpy())[0])
+            raise DatasetConfigError(
+                f"id_column {config.id_column!r}: {int(dup.sum())} row(s) repeat an id (first: "
+                f"row {first} repeats row {same}, counting from 0); remove the duplicates or set "
+                "duplicate_ids: first (or last) to keep one row per id")
     if config.time_column:
-        t = parse_times(frame[config.time_column])
+        try:
+            t = parse_times(frame[config.time_column], config.dayfirst, config.time_column)
+        except ValueError as e:
+            raise DatasetConfigError(f"time_column: {e}") from None
         if t.notna().mean() < 0.9:
             errors.append(f"time_column {config.time_column!r}: only {t.notna().mean():.0%} of "
                           "the rows hold a date/time")
     placeholders = {_fold(p) for p in config.placeholders}
     for c in config.numeric:
         share = _numeric_share(frame[c], config, placeholders)
-        if share < 0.5:
+        if share < 0.5 and (~_missing_mask(frame[c], placeholders)).any():
             errors.append(f"numeric: column {c!r} is not numeric (only {share:.0%} of its values "
                           f"parse as numbers with decimal {config.decimal!r})")
     if config.rules:
@@ -812,14 +887,49 @@ def check_config(frame: pd.DataFrame, config: DatasetConfig) -> Columns:
     return columns
 
 
-def parse_times(s: pd.Series) -> pd.Series:
-    """Timestamps (naive, UTC) of a column; NaT where unparseable."""
+_NUMERIC_DATE = re.compile(r"^\s*(\d{1,2})[-/.](\d{1,2})[-/.](\d{2,4})\b")
+
+
+def date_order(s: pd.Series, column: str = "") -> bool | None:
+    """Whether the text dates of ``s`` put the day first (``31/12/2024``): True, False, or
+    None when no value says (ISO dates, or every day and month at most 12).
+
+    Raises
+    ------
+    ValueError
+        Naming the column, when some values have a day over 12 in the first place and others
+        in the second (mixed orders cannot be parsed safely).
+    """
+    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return None
+    parts = s.dropna().astype(str).str.extract(_NUMERIC_DATE).dropna().astype("int64")
+    if parts.empty:
+        return None
+    day_first = bool((parts[0] > 12).any())
+    month_first = bool((parts[1] > 12).any())
+    if day_first and month_first:
+        raise ValueError(f"column {column!r}: dates in both day/month and month/day order "
+                         "(e.g. 31/01 and 01/31): fix the export")
+    return True if day_first else False if month_first else None
+
+
+def parse_times(s: pd.Series, dayfirst: bool | None = None, column: str = "") -> pd.Series:
+    """Timestamps (naive, UTC) of a column; NaT where unparseable.
+
+    Numeric dates (``03/04/2024``) are read in one order for the whole column: ``dayfirst``,
+    else the order the values show (:func:`date_order`), else month first (logged).
+    """
     if pd.api.types.is_datetime64_any_dtype(s):
         t = s
     elif pd.api.types.is_numeric_dtype(s):
         return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
     else:
-        t = pd.to_datetime(s, errors="coerce", format="mixed", utc=True)
+        if dayfirst is None:
+            dayfirst = date_order(s, column)
+            if dayfirst is None and s.dropna().astype(str).str.match(r"\s*\d{1,2}[-/.]\d{1,2}[-/.]").any():
+                log.warning("column %r: dates could be day/month or month/day; read as "
+                            "month/day (set dayfirst in the dataset config)", column)
+        t = pd.to_datetime(s, errors="coerce", format="mixed", utc=True, dayfirst=bool(dayfirst))
     if getattr(t.dt, "tz", None) is not None:
         t = t.dt.tz_convert("UTC").dt.tz_localize(None)
     return t
@@ -830,16 +940,28 @@ def parse_times(s: pd.Series) -> pd.Series:
 # ---------------------------------------------------------------------------
 
 
+_OUTCOME_PAIRS = ({"won", "lost"}, {"converted", "not converted"}, {"success", "failure"})
+
+
 def _guess_target(frame: pd.DataFrame) -> str:
+    """The one binary column with an outcome-like name, else the one column whose two values
+    are an outcome pair (won/lost, converted/not converted, ...), whatever its name."""
     candidates = [c for c in frame.columns if _TARGET_NAME.search(c) and frame[c].dropna().nunique() == 2]
     if len(candidates) == 1:
         return candidates[0]
+    if not candidates:
+        by_values = [c for c in frame.columns if frame[c].dropna().nunique() == 2 and
+                     {_key(v) for v in frame[c].dropna().unique()} in _OUTCOME_PAIRS]
+        if len(by_values) == 1:
+            return by_values[0]
     listed = f" (candidates: {candidates})" if candidates else ""
     raise DatasetConfigError("target.column: cannot tell which column is the outcome"
                              f"{listed}; give it (--target COLUMN)")
 
 
 def _guess_positive(values: Sequence[object]) -> Scalar | None:
+    """The positive one of two target values when one is a positive word (1, true, yes, won,
+    converted, ...) and the other a negative one (0, false, no, lost, ...); else None."""
     keys = {_key(v): v for v in values}
     pos = [k for k in keys if k in _POSITIVE_WORDS]
     neg = [k for k in keys if k in _NEGATIVE_WORDS]
@@ -863,16 +985,25 @@ def _guess_placeholders(frame: pd.DataFrame) -> list[str]:
 
 
 def _guess_decimal(frame: pd.DataFrame, separator: str | None) -> str:
-    """``,`` when the text cells look like European numbers (``12,5``) and never like ``12.5``."""
-    comma = dot = 0
+    """``,`` when the text cells look like European numbers (``12,5``, ``1.234,5``) and never
+    like ``12.5``; ``1,234`` (three digits after the comma) is a thousands group, no evidence.
+    Only ``1.234``-like groups in a ``;``-separated file (a European spreadsheet's export): ``,``."""
+    comma = dot = dot_groups = 0
     for c in frame.columns:
         s = frame[c]
-        if pd.api.types.is_numeric_dtype(s):
+        if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             continue
-        sample = s.dropna().astype(str).head(500)
-        comma += int(sample.str.fullmatch(r"[-+]?\d+,\d+").sum())
-        dot += int(sample.str.fullmatch(r"[-+]?\d+\.\d+").sum())
-    return "," if comma > 0 and dot == 0 and separator != "," else "."
+        sample = s.dropna().astype(str).str.strip().head(500)
+        grouped_comma = sample.str.fullmatch(_GROUPED[","].pattern)
+        grouped_dot = sample.str.fullmatch(_GROUPED["."].pattern)
+        comma += int((sample.str.fullmatch(r"[-+]?\d+,\d+") & ~grouped_comma).sum())
+        comma += int((grouped_dot & sample.str.contains(",", regex=False)).sum())
+        dot += int((sample.str.fullmatch(r"[-+]?\d+\.\d+") & ~grouped_dot).sum())
+        dot += int((grouped_comma & sample.str.contains(".", regex=False)).sum())
+        dot_groups += int(grouped_dot.sum())
+    if separator == "," or dot > 0:
+        return "."
+    return "," if comma > 0 or (separator == ";" and dot_groups > 0) else "."
 
 
 def infer_config(
@@ -924,13 +1055,20 @@ def infer_config(
         id_column = next((c for c, why in exclude.items() if why.startswith("identifier")), None)
     if id_column:
         exclude.pop(id_column)
+    notes: dict[str, str] = {}
     dates = [c for c, why in exclude.items() if why.startswith("date/time")]
     time_column = next((c for c in dates if _CREATED_NAME.search(c)), None)
+    dayfirst = None
     if time_column:
         exclude.pop(time_column)
+        try:
+            dayfirst = date_order(frame[time_column], time_column)
+        except ValueError as e:
+            notes[time_column] = f"not usable as time_column: {e}"
+            exclude[time_column] = "date/time column with mixed day/month orders"
+            time_column = None
 
     post_contact: dict[str, str] = {}
-    notes: dict[str, str] = {}
     features = auto.features
     for c in features:
         if _POST_CONTACT_NAME.search(c):
@@ -954,7 +1092,7 @@ def infer_config(
         name=name, id_column=id_column,
         target=TargetConfig(column=target, positive=positive),
         separator=separator, decimal=base.decimal, placeholders=placeholders,
-        exclude=exclude, post_contact=post_contact, time_column=time_column,
+        exclude=exclude, post_contact=post_contact, time_column=time_column, dayfirst=dayfirst,
         notes=notes,
     )
 
@@ -1229,6 +1367,57 @@ def _split_with_test(y: pd.Series, test: np.ndarray, config: TrainConfig, *, see
     })
 
 
+def table_rejects(frame: pd.DataFrame, config: DatasetConfig, data: pd.DataFrame,
+                  times: pd.Series | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """Which rows of a table are trained on, and why each of the others is not.
+
+    ``data`` is :func:`table_features` of ``frame`` with the target. Left out: rows without a
+    target value (missing, a placeholder, or with ``target.negative`` a value that is neither
+    positive nor negative, e.g. an open deal), rows without a time when the config has a
+    ``time_column``, and rows repeating the id of another kept row (``duplicate_ids``: the
+    first or the last row of each id is kept; rows without an id are all kept).
+
+    Returns
+    -------
+    keep, rejects
+        A boolean mask over the rows, and a frame ``row`` (0-based position in the table),
+        ``reason``: one line per row left out, no cell values (ids may be personal data).
+    """
+    n = len(data)
+    reasons = np.full(n, None, dtype=object)
+    raw_target = frame[config.target.column].reset_index(drop=True)
+    no_target = data[LABEL].isna().to_numpy()
+    placeholders = {_fold(p) for p in config.placeholders}
+    blank = _missing_mask(raw_target, placeholders)
+    reasons[no_target & blank] = "target missing"
+    reasons[no_target & ~blank] = ("target value neither positive nor negative "
+                                   "(not an outcome yet)")
+    if times is not None:
+        no_time = times.isna().to_numpy() & pd.isna(reasons)
+        reasons[no_time] = f"time_column {config.time_column!r} missing or not a date"
+    if config.id_column:
+        ids = data[ID].reset_index(drop=True)
+        candidates = pd.isna(reasons) & ids.notna().to_numpy()
+        sub = ids[candidates]
+        keep_which = "last" if config.duplicate_ids == "last" else "first"
+        dup = sub.duplicated(keep=keep_which)
+        if dup.any():
+            kept_row = pd.Series(sub.index, index=sub.index).groupby(sub).transform(
+                "max" if keep_which == "last" else "min")
+            y = data[LABEL].reset_index(drop=True)
+            conflict = dup & (y[sub.index].to_numpy() != y[kept_row.to_numpy()].to_numpy())
+            for r in sub.index[dup.to_numpy()]:
+                reasons[r] = (f"duplicate id (same {config.id_column!r} as row {int(kept_row[r])}, "
+                              f"the {keep_which} one kept)")
+            if conflict.any():
+                log.warning("id_column %r: %d repeated id(s) with a different target value; the "
+                            "%s row of each id is kept", config.id_column, int(conflict.sum()), keep_which)
+    keep = np.asarray(pd.isna(reasons))
+    left = np.flatnonzero(~keep)
+    rejects = pd.DataFrame({"row": left.astype("int64"), "reason": reasons[left].astype(object)})
+    return keep, rejects
+
+
 @dataclass
 class TableTrainResult:
     """A trained table model with what it was trained on."""
@@ -1237,8 +1426,9 @@ class TableTrainResult:
     config: DatasetConfig
     columns: Columns
     frame: pd.DataFrame  # the model frame: contact_id, features, converted
-    dropped_rows: int  # rows without a target (or time) value
+    dropped_rows: int  # rows left out: no target (or time) value, a repeated id
     flags: dict[str, str]  # column -> warning (probable leaks that were kept, ...)
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["row", "reason"]))
 
     @property
     def model(self):
@@ -1265,7 +1455,8 @@ def train_table(
 ) -> TableTrainResult:
     """Train the platform's model on a CRM table (rows as read by :func:`read_table`).
 
-    Checks the config (:func:`check_config`), cleans (:func:`table_features`), splits (the
+    Checks the config (:func:`check_config`), cleans (:func:`table_features`), leaves out the
+    rows :func:`table_rejects` lists (``TableTrainResult.rejects``), splits (the
     config's time column, else stratified random with ``train_config.seed``; test share
     ``split.test_fraction``), learns the table rule scorer on the training rows when the
     config gives no points, and runs :func:`training.train.train` with cross-fitting
@@ -1287,14 +1478,12 @@ def train_table(
     for col, why in columns.excluded.items():
         log.info("column %r left out: %s", col, why)
     data = table_features(frame, config, columns.categorical, columns.numeric, with_target=True)
-    keep = data[LABEL].notna().to_numpy().copy()
-    times = parse_times(frame[config.time_column]).reset_index(drop=True) if config.time_column else None
-    if times is not None:
-        keep &= times.notna().to_numpy()
+    times = (parse_times(frame[config.time_column], config.dayfirst, config.time_column).reset_index(drop=True)
+             if config.time_column else None)
+    keep, rejects = table_rejects(frame, config, data, times)
     dropped = int((~keep).sum())
-    if dropped:
-        log.warning("%d row(s) without a target%s value left out", dropped,
-                    " or time" if times is not None else "")
+    for why, n in rejects["reason"].str.split(" \\(").str[0].value_counts().items():
+        log.warning("%d row(s) left out: %s", n, why)
     data = data[keep].reset_index(drop=True)
     data[LABEL] = data[LABEL].astype("int64")
     cat = [feature_name(c) for c in columns.categorical]
@@ -1310,8 +1499,11 @@ def train_table(
         split = _split_with_test(data[LABEL], test_mask[keep], train_config, seed=train_config.seed)
         folds = config.cross_fit_folds
     elif times is not None:
-        split = table_time_split(times[keep].reset_index(drop=True), train_config.split.test_fraction,
-                                 train_config.split.validation_fraction)
+        try:
+            split = table_time_split(times[keep].reset_index(drop=True), train_config.split.test_fraction,
+                                     train_config.split.validation_fraction)
+        except ValueError as e:
+            raise DatasetConfigError(f"time_column {config.time_column!r}: {e}") from None
         folds = 0
     else:
         split = random_split(data[LABEL], train_config.split, seed=train_config.seed)
@@ -1351,7 +1543,7 @@ def train_table(
     model.metadata["leak_flags"] = flags
     model.metadata["dataset"] = config.name
     return TableTrainResult(result=result, config=config, columns=columns, frame=data,
-                            dropped_rows=dropped, flags=flags)
+                            dropped_rows=dropped, flags=flags, rejects=rejects)
 
 
 def score_table(
@@ -1514,13 +1706,16 @@ def log_table_run(
         gate_config=gate_config, registered_name=config.registered_model,
         extra_params={"input": "table", "dataset": name, "rows": len(trained.frame),
                       "features": len(trained.columns.features),
-                      "rules": "learned scorecard" if result.rules.learned else "config"},
+                      "rules": "learned scorecard" if result.rules.learned else "config",
+                      "rejected_rows": len(trained.rejects)},
     )
     with mlflow.start_run(run_id=summary["run_id"]):
         mlflow.log_text(dump_dataset_config(config), "dataset/dataset.yaml")
         mlflow.log_text(result.rules.to_yaml(), "dataset/rules.yaml")
         if trained.flags:
             mlflow.log_dict(trained.flags, "dataset/leak_flags.json")
+        if len(trained.rejects):
+            mlflow.log_text(trained.rejects.to_csv(index=False), "dataset/rejects.csv")
         mlflow.set_tags({"input": "table", "dataset": name})
     client.set_model_version_tag(config.registered_model, summary["version"], "dataset", name)
     client.set_model_version_tag(config.registered_model, summary["version"], "input", "table")
@@ -1592,6 +1787,10 @@ def train_table_command(
         console.print(f"[yellow]excluded[/] {', '.join(cols)}: {why}")
     for col, why in trained.flags.items():
         console.print(f"[red]probable leak[/] {col}: {why}")
+    if len(trained.rejects):
+        counts = trained.rejects["reason"].str.replace(r" \(same .*", "", regex=True).value_counts()
+        for why, n in counts.items():
+            console.print(f"[yellow]rows left out[/] {n:,}: {why}")
     uri = configure_tracking(workdir)
     with console.status("logging to MLflow"):
         summary = log_table_run(trained, frame, source=str(table.resolve()), gate_config=tcfg.gate)

@@ -24,7 +24,7 @@ from features.transformers import lightgbm_preprocessor, linear_preprocessor
 from training.calibration import Calibrator, choose_calibration
 from training.config import TrainConfig
 from training.leakage import probable_leaks, single_feature_auc
-from training.metrics import binary_metrics, compare, decile_table, reliability_curve
+from training.metrics import compare, decile_table, reliability_curve
 from training.model import LeadModel
 from training.rules import RuleScorer
 from training.scoring import ScoreScale
@@ -136,17 +136,27 @@ def fit_booster(
 
 
 def tune(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_trials: int,
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, n_trials: int,
     categorical_idx: list[int], feature_names: list[str], config: TrainConfig,
+    inner_folds: int = 3,
 ) -> dict[str, Any]:
-    """Optuna search inside the training window: the last as-of date of the window is the
-    inner validation set. Returns the best parameter overrides."""
+    """Optuna search inside the training window. With ``groups`` (as-of dates) the last date
+    of the window is the inner validation set; without (a random split, e.g. a CRM table)
+    every trial is scored by stratified ``inner_folds``-fold cross-validation of the training
+    rows (mean log loss), which one small inner split is too noisy for. Returns the best
+    parameter overrides."""
     import optuna
     from sklearn.metrics import log_loss
 
-    inner_val = groups == np.max(groups)
-    if inner_val.all() or not inner_val.any():
-        raise NotEnoughData("tuning needs at least two as-of dates in the training window")
+    if groups is None:
+        cv = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=config.seed)
+        inner = [(np.isin(np.arange(len(y)), val, invert=True), np.isin(np.arange(len(y)), val))
+                 for _, val in cv.split(X, y)]
+    else:
+        inner_val = groups == np.max(groups)
+        if inner_val.all() or not inner_val.any():
+            raise NotEnoughData("tuning needs at least two as-of dates in the training window")
+        inner = [(~inner_val, inner_val)]
 
     def objective(trial: optuna.Trial) -> float:
         overrides = {
@@ -157,10 +167,12 @@ def tune(
             "feature_fraction": trial.suggest_float("feature_fraction", 0.4, 1.0),
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 30, log=True),
         }
-        b = fit_booster(X[~inner_val], y[~inner_val], X[inner_val], y[inner_val],
-                        categorical_idx=categorical_idx, feature_names=feature_names,
-                        config=config, overrides=overrides)
-        return log_loss(y[inner_val], b.predict(X[inner_val]), labels=[0, 1])
+        losses = []
+        for fit, val in inner:
+            b = fit_booster(X[fit], y[fit], X[val], y[val], categorical_idx=categorical_idx,
+                            feature_names=feature_names, config=config, overrides=overrides)
+            losses.append(log_loss(y[val], b.predict(X[val]), labels=[0, 1]))
+        return float(np.mean(losses))
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
@@ -300,7 +312,7 @@ def train(
     overrides: dict[str, Any] = {}
     if tune_trials:
         groups = (pd.to_datetime(data.loc[fit_rows, time_column]).to_numpy().astype("int64")
-                  if time_column else np.arange(fit_rows.sum()) % 5)
+                  if time_column else None)
         overrides = tune(X[fit_rows], y[fit_rows], groups, n_trials=tune_trials,
                          categorical_idx=cat_idx, feature_names=names, config=config)
     if folds:
