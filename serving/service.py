@@ -35,12 +35,15 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   middlewares: about 0.1 ms per request together, not switchable by configuration.
 * uvicorn, inside BentoML's worker, uses ``httptools`` and ``uvloop`` when they are installed
   (``bentofile.yaml`` lists them): about half the HTTP handling cost of ``h11`` + asyncio.
-* An event request is validated from raw bytes in one pydantic pass into plain dicts
-  (:data:`serving.api_types.SCORE_REQUEST`), turned into column arrays
-  (:func:`serving.api_types.to_columns`), featurised by the batch kernels
-  (:func:`features.build.lead_feature_columns`) and scored by
-  :class:`training.fastpath.FastScorer` (the same numbers as ``LeadModel.score``, tested);
-  the answer is written with ``json.dumps``. Table rows are validated
+* An event request is decoded from raw bytes straight into column arrays by msgspec
+  (:func:`serving.api_types.decode_columns`: typed structs, timestamps checked a column at a
+  time); a body it does not take is validated by pydantic
+  (:data:`serving.api_types.SCORE_REQUEST`, which names the fields of a 4xx) and turned into
+  columns by :func:`serving.api_types.to_columns`: the same requests are accepted either way.
+  The columns are featurised by the batch kernels (:func:`features.build.lead_feature_columns`)
+  and scored by :class:`training.fastpath.FastScorer` (the same numbers as
+  ``LeadModel.score``, tested); answers are written by msgspec (``json`` without it). Table
+  rows are validated
   (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
   (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
 * One lead is scored on the event loop; its reasons (LightGBM ``pred_contrib``) run in a
@@ -55,8 +58,9 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
 * Access: ``LEADSCORE_API_KEYS`` (comma-separated) turns on ``Authorization: Bearer``
   checks (constant-time compare) for ``/score``, ``/model`` and ``/reload``; without keys
   the service only starts on, and only answers on, a loopback address.
-* LightGBM runs with ``num_threads=1``; one worker process (``LEADSCORE_WORKERS``: more did
-  not help on 2 cores). BentoML's access log and metrics are off by default
+* LightGBM runs with ``num_threads=1``; one worker process by default (``LEADSCORE_WORKERS``:
+  2 gave 12–30 % more requests/s on 2 cores in one run under load, ``bench_serving.py
+  --workers 2``). BentoML's access log and metrics are off by default
   (``LEADSCORE_ACCESS_LOG=1``, ``LEADSCORE_METRICS=1``), tracing of the API paths too
   (``LEADSCORE_TRACING=1``).
 """
@@ -409,16 +413,26 @@ class ScoreEndpoint:
             if len(payload["rows"]) <= _INLINE_MAX_LEADS:
                 return svc.score_rows(payload, state)
             return await asyncio.to_thread(svc.score_rows, payload, state)
-        try:
-            payload = T.SCORE_REQUEST.validate_json(body)
-        except ValidationError as e:
-            return _invalid(e, "events")
-        n = len(payload["leads"])
+        now = _now()
+        decoded = T.decode_columns(body, now=now)
+        if decoded is not None:
+            cols, mode = decoded
+        else:  # not for the fast decoder: pydantic accepts it, or names what is wrong
+            try:
+                payload = T.SCORE_REQUEST.validate_json(body)
+            except ValidationError as e:
+                return _invalid(e, "events")
+            try:
+                cols = T.to_columns(payload, now=now)
+            except T.RequestError as e:
+                return _error(422, "invalid request", e.errors)
+            mode = payload.get("reasons", "all")
+        n = len(cols.contact_ids)
         if n == 1:
-            return await svc.score_one(payload, state)
+            return await svc.score_one(cols, mode, now, state)
         if n <= _INLINE_MAX_LEADS:
-            return svc.score_payload(payload, state)
-        return await asyncio.to_thread(svc.score_payload, payload, state)
+            return svc.score_columns(cols, mode, now, state)
+        return await asyncio.to_thread(svc.score_columns, cols, mode, now, state)
 
 
 async def model(request: Request) -> Response:
@@ -659,30 +673,32 @@ class LeadScoringService:
         return None
 
     # -- scoring -------------------------------------------------------------------------------
-    def featurise(self, payload: dict[str, Any], state: ScorerState
-                  ) -> tuple[T.LeadColumns, dict[str, np.ndarray], dt.datetime] | Response:
-        """Columns and feature columns of a validated request (or a 4xx)."""
+    def featurise(self, cols: T.LeadColumns, state: ScorerState) -> dict[str, np.ndarray] | Response:
+        """Feature columns of a request's columns (or a 4xx)."""
+        try:
+            return lead_feature_columns(cols.contacts, cols.created_ns, cols.events, cols.stages,
+                                        as_of=cols.as_of, config=state.scorer.feature_config)
+        except Exception as e:  # an input the feature code cannot take: say so, never a 500
+            log.error("featurisation failed (%s)", type(e).__name__)
+            return _error(422, "the leads could not be featurised",
+                          [{"field": "leads", "message": type(e).__name__, "type": "features"}])
+
+    def score_payload(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
+        """Score a request validated by :data:`serving.api_types.SCORE_REQUEST` with ``state``;
+        the JSON answer (or a 4xx)."""
         now = _now()
         try:
             cols = T.to_columns(payload, now=now)
         except T.RequestError as e:
             return _error(422, "invalid request", e.errors)
-        try:
-            features = lead_feature_columns(cols.contacts, cols.created_ns, cols.events, cols.stages,
-                                            as_of=cols.as_of, config=state.scorer.feature_config)
-        except Exception as e:  # an input the feature code cannot take: say so, never a 500
-            log.error("featurisation failed (%s)", type(e).__name__)
-            return _error(422, "the leads could not be featurised",
-                          [{"field": "leads", "message": type(e).__name__, "type": "features"}])
-        return cols, features, now
+        return self.score_columns(cols, payload.get("reasons", "all"), now, state)
 
-    def score_payload(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
-        """Score a validated request with ``state``; the JSON answer (or a 4xx)."""
-        prepared = self.featurise(payload, state)
-        if isinstance(prepared, Response):
-            return prepared
-        cols, features, now = prepared
-        mode = payload.get("reasons", "all")
+    def score_columns(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
+                      ) -> bytes | Response:
+        """Score a request's columns with ``state``; the JSON answer (or a 4xx)."""
+        features = self.featurise(cols, state)
+        if isinstance(features, Response):
+            return features
         scores = None
         if state.fast is not None:
             try:
@@ -692,15 +708,14 @@ class LeadScoringService:
                 log.error("model scoring failed (%s); the rule scorer answers", type(e).__name__)
         return self.answer(state, cols, features, now, mode, scores)
 
-    async def score_one(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
+    async def score_one(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
+                        ) -> bytes | Response:
         """One lead: Python work and the prediction on the event loop; the reasons' trees (C,
         GIL released) in a thread when they are slow (:func:`_explaining_is_slow`), so the
         loop serves the next request meanwhile."""
-        prepared = self.featurise(payload, state)
-        if isinstance(prepared, Response):
-            return prepared
-        cols, features, now = prepared
-        mode = payload.get("reasons", "all")
+        features = self.featurise(cols, state)
+        if isinstance(features, Response):
+            return features
         fast, scores = state.fast, None
         if fast is not None:
             try:
@@ -854,11 +869,20 @@ def _outputs(out: Any, scored_at: str) -> list[dict[str, Any]]:
 
 def _dumps(answer: dict[str, Any]) -> bytes:
     """Strict JSON of an answer; a non-finite number anywhere (a reason's value) becomes null
-    rather than an invalid token or a 500."""
+    rather than an invalid token or a 500 (msgspec writes them as null; without it, or for a
+    value it does not know, ``json``)."""
+    if _encode is not None:
+        try:
+            return _encode(answer)
+        except (TypeError, ValueError, OverflowError):
+            pass
     try:
         return json.dumps(answer, allow_nan=False).encode()
     except ValueError:
         return json.dumps(_finite(answer), allow_nan=False).encode()
+
+
+_encode = T.msgspec.json.Encoder().encode if T.msgspec is not None else None
 
 
 def _finite(value: Any) -> Any:

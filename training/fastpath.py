@@ -265,15 +265,25 @@ class FastScorer:
     def _reasons_one(self, contributions: np.ndarray, features: Mapping[str, np.ndarray]
                      ) -> list[dict[str, Any]]:
         """Reasons of one lead, as :func:`top_effects` + :func:`format_reasons` give them."""
-        e = np.nan_to_num(contributions[:-1], nan=0.0, posinf=0.0, neginf=0.0).tolist()
+        c = contributions[:-1]
+        e = np.where(np.isfinite(c), c, 0.0)  # non-finite effects count as 0 (never shown)
         k = min(self.top_k, len(e))
-        pos = sorted((j for j, v in enumerate(e) if v > 0), key=lambda j: (-e[j], j))[:k]
-        neg = sorted((j for j, v in enumerate(e) if v < 0), key=lambda j: (e[j], j))[:k]
-        chosen = sorted(pos + neg, key=lambda j: -abs(e[j]))  # stable: positives first on ties
-        if not chosen:
+        # stable sorts: ties keep the lower feature index first, as top_effects does
+        pos = [j for j in np.argsort(-e, kind="stable")[:k].tolist() if e[j] > 0]
+        neg = [j for j in np.argsort(e, kind="stable")[:k].tolist() if e[j] < 0]
+        if not pos and not neg:
             return []
-        effects = np.round(np.array([e[j] for j in chosen]), _DECIMALS).tolist()
-        values = [_json_value(features[self.columns[j]][0]) for j in chosen]
+        el = e.tolist()
+        chosen = sorted(pos + neg, key=lambda j: -abs(el[j]))  # stable: positives first on ties
+        effects = np.round(e[chosen], _DECIMALS).tolist()
+        values = [features[self.columns[j]][0] for j in chosen]
+        floats = [i for i, v in enumerate(values) if isinstance(v, (float, np.floating))]
+        if floats:  # rounded together, as _json_value rounds each
+            rounded = np.round(np.array([values[i] for i in floats], dtype=np.float64), _DECIMALS)
+            for i, x in zip(floats, rounded.tolist()):
+                values[i] = x if math.isfinite(x) else None
+        values = [v if i in floats else _json_value(v) for i, v in enumerate(values)] \
+            if len(floats) < len(values) else values
         return [{"feature": self.names[j], "value": v, "effect": x}
                 for j, v, x in zip(chosen, values, effects)]
 

@@ -122,6 +122,131 @@ def test_request_validation_names_fields():
     assert [".".join(map(str, x["loc"])) for x in e.value.errors()] == ["leads.0.events.0.event_type"]
 
 
+def _same_columns(a: T.LeadColumns, b: T.LeadColumns) -> None:
+    assert a.contact_ids == b.contact_ids and a.as_of == b.as_of
+    assert np.array_equal(a.created_ns, b.created_ns)
+    assert list(a.contacts) == list(b.contacts)
+    for k in a.contacts:
+        assert list(a.contacts[k]) == list(b.contacts[k]), k
+        assert [type(x) for x in a.contacts[k]] == [type(x) for x in b.contacts[k]], k
+    for x, y, names in ((a.events, b.events, ("contact", "ts", "type_code", "content")),
+                        (a.stages, b.stages, ("contact", "ts", "stage"))):
+        assert x.n_contacts == y.n_contacts
+        for f in names:
+            u, v = getattr(x, f), getattr(y, f)
+            assert u.dtype == v.dtype and np.array_equal(u, v), f
+
+
+@pytest.mark.skipif(T.msgspec is None, reason="msgspec not installed: pydantic decodes alone")
+def test_fast_decoder_takes_what_pydantic_takes_with_the_same_columns():
+    """decode_columns either leaves a body to pydantic (None) or gives exactly the columns of
+    SCORE_REQUEST + to_columns; it never takes a body that pydantic rejects."""
+    from pydantic import ValidationError
+
+    now = dt.datetime(2030, 1, 1)
+    contact = {"contact_id": "c1", "created_at": "2025-01-01T01:50:54", "email": "a@b-c.nl",
+               "phone": "+31 581 63058393", "employees": 1700.0, "country": "NL", "do_not_email": False}
+
+    def ev(ts, **kw):
+        return {"ts": ts, "event_type": "page_view", **kw}
+
+    def lead(events=(), **changes):
+        return {"contact": {**contact, **changes}, "events": list(events)}
+
+    many = [ev(f"2026-0{1 + i % 9}-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00",
+               campaign_id=f"k{i % 3}" if i % 2 else None) for i in range(300)]
+    for e in many:
+        if e["campaign_id"] is None:
+            del e["campaign_id"]
+    bodies = {
+        "plain": body_of([lead(many)], as_of="2026-12-01"),
+        "many leads": body_of([lead(many[:k], contact_id=f"c{k}") for k in range(25)]
+                              + [{"contact": {"contact_id": "bare"}}], reasons="top"),
+        "stages": body_of([dict(lead(many[:9]), stages=[{"ts": f"2026-01-0{i}", "stage": "mql"}
+                                                         for i in range(1, 8)])] * 3),
+        "utc": body_of([lead([ev(f"2026-01-0{i}T10:00:00Z") for i in range(1, 8)])] * 2,
+                       as_of="2026-06-30T10:00:00+02:00"),
+        "minutes": body_of([lead([ev(f"2026-01-0{i} 10:00") for i in range(1, 8)])]),
+        "dates": body_of([lead([ev(f"2026-01-0{i}") for i in range(1, 8)] * 30)]),
+        "mixed shapes": body_of([lead([ev("2026-01-01"), ev("2026-01-01T10:00:00+02:00"),
+                                       ev("2026-01-01T10:00:00.123"), ev("2026-01-01 10:00:00"),
+                                       ev("2026-01-01T10:00:00-0500")])]),
+        "30 February": body_of([lead([ev(f"2026-02-{d}T10:00:00") for d in range(24, 31)] * 30)]),
+        "hour 24": body_of([lead([ev("2026-01-01T24:00:00")] * 200)]),
+        "month 13": body_of([lead([ev("2026-13-01")] * 8)]),
+        "final newline": body_of([lead([ev("2026-01-01T10:00:00\n")] * 8)]),
+        "lengths adding up": body_of([lead([ev("2026-01-01T10:00:0"), ev("22026-01-01T10:00:00")]
+                                           + [ev("2026-01-01T10:00:00")] * 200)]),
+        "year 2999": body_of([lead([ev("2999-01-01")] * 300)]),
+        "year 0": body_of([lead([ev("0000-01-01T10:00:00")] * 8)]),
+        "wide digits": body_of([lead([ev("\uff12026-01-01T10:00:00")] * 8)]),
+        "int number": body_of([lead(employees=5)]),
+        "text number": body_of([lead(employees="5")]),
+        "bool number": body_of([lead(employees=True)]),
+        "int flag": body_of([lead(do_not_email=1)]),
+        "null events": body_of([dict(lead(), events=None)]),
+        "null reasons": body_of([lead()], reasons=None),
+        "bad as_of": body_of([lead()], as_of="2026-06-31"),
+        "no created_at": body_of([lead(created_at=None), {"contact": {"contact_id": "x"}}]),
+        "unknown field": body_of([lead(first_name="Ann")]),
+        "other type": body_of([lead([{"ts": "2026-01-01", "event_type": "other"}])]),
+        "long text": body_of([lead(company_name="x" * 513)]),
+        "512 characters": body_of([lead(company_name="\u00e9" * 512)]),
+        "empty id": body_of([lead(contact_id="")]),
+        "number id": body_of([lead(contact_id=5)]),
+    }
+    raw = [json.dumps(b).encode() for b in bodies.values()] + [
+        b'{"leads": [{"contact": {"contact_id": "a", "employees": 1e400}}]}',
+        b'{"leads": [{"contact": {"contact_id": "a", "employees": NaN}}]}',
+        b'{"leads": [{"contact": {"contact_id": "a", "employees": 123456789012345678901234567890}}]}',
+        b'{"leads": [{"contact": {"contact_id": "a"}}], "leads": []}',
+        b'{"leads": [{"contact": {"contact_id": "\\ud800"}}]}',
+        b'{"leads": [{"contact": {"contact_id": "a\xff"}}]}',
+        b"[1, 2]", b"", b"{not json"]
+    taken = 0
+    for body in raw:
+        fast = T.decode_columns(body, now=now)
+        try:
+            payload = T.SCORE_REQUEST.validate_json(body)
+            slow = (T.to_columns(payload, now=now), payload.get("reasons", "all"))
+        except (ValidationError, T.RequestError):
+            slow = None
+        if fast is None:
+            continue
+        assert slow is not None, body[:120]
+        _same_columns(fast[0], slow[0])
+        assert fast[1] == slow[1]
+        taken += 1
+    assert taken >= 10  # the usual shapes go the fast way
+
+
+def test_column_timestamps_equal_pythons():
+    """The column-wise timestamp check and parse (numpy or calendar arithmetic) equals
+    datetime's, shape by shape, leap days and range limits included."""
+    rng = np.random.default_rng(7)
+    lo, hi = (np.datetime64(d, "s").astype(np.int64) for d in ("1900-01-01", "2199-12-31T23:59:59"))
+    base = np.array(rng.integers(lo, hi, 3000), dtype="datetime64[s]").astype(str).tolist()
+    for form in (str, lambda v: v.replace("T", " "), lambda v: v[:10], lambda v: v[:16],
+                 lambda v: v + "Z", lambda v: v[:16] + "Z"):
+        values = [form(v) for v in base]
+        want = [T._one_us(v) for v in values]
+        for n in (5, 40, 1000, 3000):  # one by one, numpy's parser, arithmetic
+            assert T._plain_us(values[:n]).tolist() == want[:n]
+    days = np.arange(np.datetime64("1899-12-20"), np.datetime64("2200-01-10")).astype(str).tolist()
+    for i in range(0, len(days), 150):
+        chunk = days[i:i + 150]
+        want = [T._one_us(v) for v in chunk]
+        if all(T._MIN_US <= v <= T._MAX_US for v in want):
+            assert T._plain_us(chunk).tolist() == want
+        else:
+            with pytest.raises(T._NotPlain):
+                T._plain_us(chunk)
+    for value in ("2023-02-29", "2100-02-29", "2026-04-31", "2026-01-01T10:60", "2026-00-10"):
+        for n in (8, 300):
+            with pytest.raises(T._NotPlain):
+                T._plain_us([value] * n)
+
+
 # -- the online feature path and the fast scorer (no server) ---------------------------------------
 def test_online_hygiene_answers_like_the_batch():
     emails = ["ann@acme-industries.com", " Bob@GMAIL.com ", "x@mailinator.com", "x@", "", "a..b@x.com",
