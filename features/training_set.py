@@ -133,9 +133,38 @@ def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config
 
 
 def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
-    """Every bucket's snapshots in the whole-base order: as-of date, then input row."""
-    table = pa.concat_tables([pq.read_table(parts / f"part-{k:05d}.parquet") for k in range(n_buckets)])
-    as_of = table.column("as_of").to_numpy().astype("int64")
-    order = np.lexsort((table.column("row").to_numpy(), as_of))
-    table = table.take(pa.array(order)).drop_columns(["row"])
-    return table.to_pandas()
+    """Every bucket's snapshots in the whole-base order (as-of date, then input row).
+
+    The float columns (most of the frame) are copied part by part straight into their
+    final rows of one preallocated block, so the set is held about once, not three times
+    (Arrow parts, reordered copy, pandas copy); the other columns are small.
+    """
+    files = [parts / f"part-{k:05d}.parquet" for k in range(n_buckets)]
+    keys = [pq.read_table(f, columns=["as_of", "row"]) for f in files]
+    as_of = np.concatenate([t.column("as_of").to_numpy().astype("int64") for t in keys])
+    row = np.concatenate([t.column("row").to_numpy() for t in keys])
+    sizes = [t.num_rows for t in keys]
+    order = np.lexsort((row, as_of))
+    where = np.empty(len(order), dtype=np.int64)
+    where[order] = np.arange(len(order))  # final row of each concatenated row
+    del keys, as_of, row
+
+    schema_ = pq.read_schema(files[0])
+    floats = [f.name for f in schema_ if pa.types.is_floating(f.type)]
+    others = [f.name for f in schema_ if f.name not in floats and f.name != "row"]
+    block = np.empty((len(order), len(floats)), order="F")
+    small: list[pa.Table] = []
+    start = 0
+    for f, n in zip(files, sizes):
+        t = pq.read_table(f)
+        dest = where[start:start + n]
+        for j, name in enumerate(floats):
+            block[dest, j] = t.column(name).to_numpy()
+        small.append(t.select(others))
+        start += n
+        del t
+    head = pa.concat_tables(small).take(pa.array(order))
+    head = head.replace_schema_metadata(schema_.metadata).to_pandas()  # pandas dtypes back
+    tail = pd.DataFrame(block, columns=floats, copy=False)
+    frame = pd.concat([head, tail], axis=1)
+    return frame[[c for c in schema_.names if c != "row"]]

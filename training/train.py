@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,6 +118,28 @@ def merge_boosters(boosters: list[lgb.Booster]) -> lgb.Booster:
     out.append("end of trees" + tail)
     merged = lgb.Booster(model_str="\n".join(out))
     return lgb.Booster(model_str=merged.model_to_string())  # canonical text (tree_sizes back)
+
+
+def model_matrix(prep: Pipeline, data: pd.DataFrame, rows: np.ndarray, *, width: int,
+                 chunk_rows: int = 1 << 18) -> np.ndarray:
+    """``prep.transform`` of the given rows of ``data`` as one float64 matrix, a chunk of rows
+    at a time: the pipeline's intermediate frames stay the size of a chunk, not of the
+    training set (millions of rows)."""
+    out = np.empty((len(rows), width), dtype="float64")
+    for start in range(0, len(rows), chunk_rows):
+        part = rows[start:start + chunk_rows]
+        out[start:start + len(part)] = prep.transform(data.iloc[part]).to_numpy(dtype="float64")
+    return out
+
+
+def by_chunks(predict: Callable[[pd.DataFrame], np.ndarray], frame: pd.DataFrame,
+              chunk_rows: int = 1 << 17) -> np.ndarray:
+    """``predict(frame)`` a chunk of rows at a time (the same values): a pipeline's one-hot
+    frames of a test window of millions of rows would otherwise be held whole, twice."""
+    if len(frame) <= chunk_rows:
+        return np.asarray(predict(frame))
+    return np.concatenate([np.asarray(predict(frame.iloc[i:i + chunk_rows]))
+                           for i in range(0, len(frame), chunk_rows)])
 
 
 def fit_booster(
@@ -305,15 +328,21 @@ def train(
     numeric = [c for c in numeric if c not in excluded]
 
     prep = lightgbm_preprocessor(categorical, numeric).fit(data.loc[fit_rows])
-    X = prep.transform(data).to_numpy(dtype="float64")
     names = [*categorical, *numeric]
     cat_idx = list(range(len(categorical)))
+    used = split.train | split.validation | split.test  # rows between windows are never read
+    X_used = model_matrix(prep, data, np.flatnonzero(used), width=len(names))
+    at = np.cumsum(used) - 1  # row of ``data`` -> its row of ``X_used``
+
+    def X(rows: np.ndarray) -> np.ndarray:
+        """The model matrix of ``rows`` of ``data`` (a mask or positions, all in a window)."""
+        return X_used[at[rows]]
 
     overrides: dict[str, Any] = {}
     if tune_trials:
         groups = (pd.to_datetime(data.loc[fit_rows, time_column]).to_numpy().astype("int64")
                   if time_column else None)
-        overrides = tune(X[fit_rows], y[fit_rows], groups, n_trials=tune_trials,
+        overrides = tune(X(fit_rows), y[fit_rows], groups, n_trials=tune_trials,
                          categorical_idx=cat_idx, feature_names=names, config=config)
     if folds:
         rows = np.flatnonzero(fit_rows)
@@ -321,10 +350,10 @@ def train(
         raw_val = np.empty(len(rows))
         boosters = []
         for fit_idx, val_idx in cv.split(rows, y[rows]):
-            b = fit_booster(X[rows[fit_idx]], y[rows[fit_idx]], X[rows[val_idx]], y[rows[val_idx]],
+            b = fit_booster(X(rows[fit_idx]), y[rows[fit_idx]], X(rows[val_idx]), y[rows[val_idx]],
                             categorical_idx=cat_idx, feature_names=names, config=config,
                             overrides=overrides)
-            raw_val[val_idx] = b.predict(X[rows[val_idx]], num_threads=config.num_threads)
+            raw_val[val_idx] = b.predict(X(rows[val_idx]), num_threads=config.num_threads)
             boosters.append(b)
         best_iteration: int | list[int] = [int(b.best_iteration) for b in boosters]
         booster = merge_boosters(boosters)
@@ -337,11 +366,11 @@ def train(
             "test": split.description["test"],
         })
     else:
-        booster = fit_booster(X[split.train], y[split.train], X[split.validation], y[split.validation],
+        booster = fit_booster(X(split.train), y[split.train], X(split.validation), y[split.validation],
                               categorical_idx=cat_idx, feature_names=names, config=config,
                               overrides=overrides)
         best_iteration = booster.best_iteration
-        raw_val, y_val = booster.predict(X[split.validation], num_threads=config.num_threads), y[split.validation]
+        raw_val, y_val = booster.predict(X(split.validation), num_threads=config.num_threads), y[split.validation]
 
     method, losses = (choose_calibration(raw_val, y_val, seed=config.seed)
                       if config.calibration == "auto" else (config.calibration, {}))
@@ -363,9 +392,9 @@ def train(
     preds = pd.DataFrame({
         "contact_id": test["contact_id"].to_numpy() if "contact_id" in test else np.arange(len(test)),
         label: y[split.test],
-        "model": calibrator.transform(booster.predict(X[split.test], num_threads=config.num_threads)),
-        "rules": rules.predict_proba(test),
-        "logistic": baseline.predict_proba(test)[:, 1],
+        "model": calibrator.transform(booster.predict(X(split.test), num_threads=config.num_threads)),
+        "rules": by_chunks(rules.predict_proba, test),
+        "logistic": by_chunks(lambda part: baseline.predict_proba(part)[:, 1], test),
     })
     if time_column:
         preds.insert(1, "as_of", test[time_column].to_numpy())

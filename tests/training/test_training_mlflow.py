@@ -129,3 +129,7 @@ def test_lineage_schema_equals_mlflows_inference_on_the_whole_frame():
     assert got.schema == expected
     assert not {c.name: c for c in got.schema.inputs}["late_missing"].required
     assert got.profile["num_rows"] == n and got.targets == "converted"
+    changed = frame.copy()
+    changed.loc[n - 1, "x"] += 1  # beyond the first 10,000 rows MLflow's own digest reads
+    assert lineage_dataset(changed, "t", "converted").digest != got.digest
+    assert lineage_dataset(frame.copy(), "t", "converted").digest == got.digest
