@@ -57,7 +57,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       gate={"min_train_positives": 20})
     result = train(ts, config=cfg, feature_config=fcfg)
     summary = log_training(result, training_set=ts, source=str(root / "data"),
-                           input_example=_input_example(base))
+                           input_example=_input_example(base.contacts.head(3), base.events, base.until))
     promote(summary["version"])
     yield root
     mlflow.set_tracking_uri(previous_uri)
