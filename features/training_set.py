@@ -28,14 +28,16 @@ import pyarrow.parquet as pq
 from features import schema
 from features.build import Snapshotter, monthly_as_of_dates
 from features.config import FeatureConfig
-from features.io import rejects_summary, write_parquet_atomic
+from features.io import rejects_summary, tmp_name
 from features.partition import REJECT_SCHEMA, prepare, prepared_rejects, read_bucket, table_path
 from features.tasks import Progress, local_runner
 
 #: contacts per bucket: a worker's snapshots of a bucket stay in the hundreds of MB
 CHUNK_SIZE = 50_000
-#: rows read (all tables) below which the base is read in this process, without a pool
-_POOL_MIN_ROWS = 2_000_000
+#: below these sizes the work runs in this process: starting a pool of processes (a few
+#: seconds of imports on a loaded machine) costs more than it saves on a small base
+_POOL_MIN_ROWS = 8_000_000  # rows read, all tables
+_POOL_MIN_CONTACTS = 200_000  # contacts snapshotted
 
 
 @dataclass
@@ -96,7 +98,7 @@ def partitioned_training_set(
         calls = [(_snapshot_task, (k, str(prep), str(parts), [str(t) for t in dates], config),
                   int(info["bucket_sizes"][k])) for k in range(n_buckets)]
         with Progress(console).task("snapshots", int(info["contacts"]), "contacts") as advance:
-            local_runner(workers)(calls, lambda weight, _: advance(weight))
+            local_runner(workers, min_weight=_POOL_MIN_CONTACTS)(calls, lambda weight, _: advance(weight))
         frame = _assemble(parts, n_buckets)
         contacts, events, _ = read_bucket(prep, 0)
         first = contacts.sort_values("row").head(3)
@@ -124,12 +126,22 @@ def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.Da
 
 
 def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config: FeatureConfig) -> int:
-    """Worker: bucket ``k``'s snapshots -> ``parts/part-k.parquet``; returns its rows."""
+    """Worker: bucket ``k``'s snapshots -> ``parts/part-k.arrow`` (uncompressed Arrow IPC:
+    written at disk speed and read back memory-mapped, column by column); returns its rows."""
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
-    write_parquet_atomic(pa.Table.from_pandas(frame, preserve_index=False),
-                         Path(parts) / f"part-{k:05d}.parquet")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    path = Path(parts) / f"part-{k:05d}.arrow"
+    tmp = tmp_name(path)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
     return len(frame)
+
+
+def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
+    table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # no copy: pages on demand
+    return table if columns is None else table.select(columns)
 
 
 def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
@@ -139,8 +151,8 @@ def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
     final rows of one preallocated block, so the set is held about once, not three times
     (Arrow parts, reordered copy, pandas copy); the other columns are small.
     """
-    files = [parts / f"part-{k:05d}.parquet" for k in range(n_buckets)]
-    keys = [pq.read_table(f, columns=["as_of", "row"]) for f in files]
+    files = [parts / f"part-{k:05d}.arrow" for k in range(n_buckets)]
+    keys = [_read_part(f, ["as_of", "row"]) for f in files]
     as_of = np.concatenate([t.column("as_of").to_numpy().astype("int64") for t in keys])
     row = np.concatenate([t.column("row").to_numpy() for t in keys])
     sizes = [t.num_rows for t in keys]
@@ -149,14 +161,14 @@ def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
     where[order] = np.arange(len(order))  # final row of each concatenated row
     del keys, as_of, row
 
-    schema_ = pq.read_schema(files[0])
+    schema_ = _read_part(files[0]).schema
     floats = [f.name for f in schema_ if pa.types.is_floating(f.type)]
     others = [f.name for f in schema_ if f.name not in floats and f.name != "row"]
     block = np.empty((len(order), len(floats)), order="F")
     small: list[pa.Table] = []
     start = 0
     for f, n in zip(files, sizes):
-        t = pq.read_table(f)
+        t = _read_part(f)
         dest = where[start:start + n]
         for j, name in enumerate(floats):
             block[dest, j] = t.column(name).to_numpy()
