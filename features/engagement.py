@@ -9,7 +9,9 @@ matters, to the bit (see :data:`_GRID`), so events are never sorted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -130,32 +132,21 @@ def _known(pos: np.ndarray, ts: np.ndarray, tcode: np.ndarray, content: np.ndarr
     return EventArrays(pos.astype(np.int64, copy=False), ts, tcode, content, n_contacts)
 
 
-def _counts(key: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
-    return np.bincount(key, weights=weights, minlength=n * _NT).reshape(n, _NT)
-
-
 _SMALL = 256  # up to this many values, Python sets beat numpy's set machinery (same results)
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
-    """``np.unique`` of an int64 array."""
+    """The distinct values of an int64 array (in no particular order)."""
     if len(values) <= _SMALL:
-        return np.array(sorted(set(values.tolist())), dtype=np.int64)
+        return np.fromiter(set(values.tolist()), dtype=np.int64)
     return np.unique(values)
 
 
-def _active_days(contact: np.ndarray, day_back: np.ndarray, m: np.ndarray, n: int,
-                 window: int) -> np.ndarray:
-    """Distinct calendar days with an event, per contact, among the events in ``m`` (whose
-    days back are all below ``window``)."""
-    if len(contact) <= _SMALL:
-        out = np.zeros(n, dtype="float64")
-        for c, _ in set(zip(contact[m].tolist(), day_back[m].tolist())):
-            out[c] += 1.0
-        return out
-    flags = np.zeros(n * window, dtype=bool)
-    flags[contact[m] * window + day_back[m]] = True
-    return flags.reshape(n, window).sum(axis=1).astype("float64")
+def _sums(idx: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """``np.bincount`` with weights, always float64 (it answers int64 for no values)."""
+    if not len(idx):
+        return np.zeros(size)
+    return np.bincount(idx, weights=weights, minlength=size)
 
 
 def _decay_weights(age: np.ndarray, half_life_days: float) -> np.ndarray:
@@ -168,6 +159,57 @@ def _decay_weights(age: np.ndarray, half_life_days: float) -> np.ndarray:
     return w
 
 
+def as_of_ns(as_of: pd.Timestamp | str) -> int:
+    """``as_of`` in nanoseconds since the epoch (no conversion when it is already in ns)."""
+    if type(as_of) is pd.Timestamp and as_of.unit == "ns":
+        return as_of.value
+    return pd.Timestamp(as_of).as_unit("ns").value
+
+
+def all_true(mask: np.ndarray) -> bool:
+    """``mask.all()``, without its Python-level dispatch (the online path calls it often)."""
+    return np.count_nonzero(mask) == mask.size
+
+
+# Cumulative age buckets: row i of the windowed counts holds the events with age < _EDGES[i]
+# (the count windows, the trend's 7 and 37 days and the look-back of everything windowed).
+# The edges are whole days, so an event's bucket is that of its whole days of age (age >= 0:
+# age < d exactly when int(age) < d): _DAY_BUCKET[int(age)], the last entry for any older.
+_TREND_SPLIT, _TREND_END = 7, 37  # trend: the last 7 days against the 30 before them
+_EDGES = tuple(sorted({*schema.WINDOWS_DAYS, _TREND_SPLIT, _TREND_END, _RECENT_DAYS}))
+_ROW = {d: i for i, d in enumerate(_EDGES)}
+_DAY_BUCKET = np.searchsorted(np.array(_EDGES), np.arange(_RECENT_DAYS + 1), side="right")
+_POSITIVE_ROWS = _POSITIVE[:, None]  # reduction mask over a (type, contact) array
+# the negative signals as a slice of rows (they are neighbours in schema.EVENT_TYPES)
+_NEGATIVE_ROWS = slice(int(_NEGATIVE[0]), int(_NEGATIVE[-1]) + 1)
+assert np.array_equal(np.arange(_NT)[_NEGATIVE_ROWS], _NEGATIVE)
+_OPEN, _CLICK = _TYPE_CODE["email_open"], _TYPE_CODE["email_click"]
+# active days: rows 0-30 of the (day back, contact) flags are the last 30 days' events' days,
+# rows 31-121 the last 90 days' (an event less than d days old is at most d days back)
+_DAYS_30, _DAYS_90 = 31, 91
+
+
+def _chunks(ev: EventArrays) -> Iterable[tuple[np.ndarray, ...]]:
+    """(contact, ts, type_code, content) of the events, _CHUNK at a time (no copies)."""
+    arrays = (ev.contact, ev.ts, ev.type_code, ev.content)
+    if len(ev.ts) <= _CHUNK:
+        return (arrays,)
+    return (tuple(a[lo:lo + _CHUNK] for a in arrays) for lo in range(0, len(ev.ts), _CHUNK))
+
+
+@lru_cache(maxsize=16)
+def _per_size(n: int) -> tuple[np.int64, np.ndarray]:
+    """``n`` as an int64 scalar (the type code times it stays int64) and the offset of each
+    whole day of age in the windowed counts' index (age bucket times _NT * n)."""
+    offset = _DAY_BUCKET * (_NT * n)
+    offset.flags.writeable = False
+    return np.int64(n), offset
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def engagement_features(
     ev: EventArrays, as_of: pd.Timestamp, *, half_life_days: float
 ) -> dict[str, np.ndarray]:
@@ -176,69 +218,89 @@ def engagement_features(
     Counts by type over 7/30/90 days, days since the last event of each type, time-decayed
     counts, active days, trend, distinct content, email click-through rate and the negative
     signals. Events after ``as_of`` are ignored.
+
+    The same few whole-array passes whatever the number of contacts, so that one online
+    lead costs a few dozen small numpy calls: results by (type, contact) are arrays of
+    shape (types, contacts) indexed by ``type * n + contact``, whose rows are the output
+    columns; the windowed counts are one ``bincount`` over (age bucket, type, contact).
     """
     n = ev.n_contacts
-    t_ns = pd.Timestamp(as_of).as_unit("ns").value
-    # features of the whole history, in passes over _CHUNK events (small temporaries)
-    last = np.full(n * _NT, np.inf)
-    decayed = np.zeros(n * _NT)
-    for lo in range(0, len(ev.ts), _CHUNK):
-        contact, ts, tcode = (a[lo:lo + _CHUNK] for a in (ev.contact, ev.ts, ev.type_code))
+    size = _NT * n
+    n64, bucket_offset = _per_size(n)
+    t_ns = as_of_ns(as_of)
+    t_day = t_ns // _NS_PER_DAY
+    # one pass over the events, _CHUNK at a time (small temporaries): days since the last
+    # event and decayed counts of each type over the whole history; the windowed features
+    # look at most _RECENT_DAYS back (in a long history, only those events are kept)
+    last = np.empty(size)
+    last.fill(np.inf)
+    decayed = None  # set by the first chunk (there is always one, maybe empty)
+    days = np.zeros((_DAYS_30 + _DAYS_90) * n, dtype=bool)  # (day back, contact) flags
+    windowed, content_contact, content_code = [], [], []
+    for contact, ts, tcode, content in _chunks(ev):
         known = ts <= t_ns
-        if not known.all():
-            contact, ts, tcode = contact[known], ts[known], tcode[known]
+        if not all_true(known):
+            contact, ts, tcode, content = contact[known], ts[known], tcode[known], content[known]
         age = (t_ns - ts) / _NS_PER_DAY  # float days, >= 0
-        key = contact * _NT + tcode
+        key = tcode * n64 + contact
         np.minimum.at(last, key, age)
-        decayed += np.bincount(key, weights=_decay_weights(age, half_life_days), minlength=n * _NT)
+        part = _sums(key, _decay_weights(age, half_life_days), size)
+        decayed = part if decayed is None else np.add(decayed, part, out=decayed)
+        if len(ts) > _SMALL:  # (below that, copies cost more than they save)
+            r = age < _RECENT_DAYS
+            if not all_true(r):
+                key, age, ts, contact, tcode, content = (
+                    a[r] for a in (key, age, ts, contact, tcode, content))
+        whole_days = age.astype(np.intp)
+        windowed.append(bucket_offset.take(whole_days, mode="clip") + key)
+        cell = (t_day - ts // _NS_PER_DAY) * n + contact  # (calendar days back, contact)
+        days[cell[whole_days < 30]] = True
+        days[cell[whole_days < 90] + _DAYS_30 * n] = True
+        m = _IS_CONTENT[tcode] & (content >= 0) & (whole_days < 90)
+        content_contact.append(contact[m])
+        content_code.append(content[m])
+    last = last.reshape(_NT, n)
+    decayed = decayed.reshape(_NT, n)
 
-    # the others look at most _RECENT_DAYS back: a fraction of a long history (an integer
-    # bound, a superset of age < _RECENT_DAYS whatever the rounding of age)
-    recent = (ev.ts <= t_ns) & (ev.ts > t_ns - _RECENT_DAYS * _NS_PER_DAY)
-    all_recent = bool(recent.all())  # the online case, often: no copies
-    contact, ts, tcode, content = (a if all_recent else a[recent]
-                                   for a in (ev.contact, ev.ts, ev.type_code, ev.content))
-    age = (t_ns - ts) / _NS_PER_DAY
-    key = contact * _NT + tcode
     out: dict[str, np.ndarray] = {}
+    negative = np.isfinite(last[_NEGATIVE_ROWS]).astype(np.float64)
+    out["unsubscribed"] = negative[0]
+    out["bounced"] = negative[1]
+    last[last == np.inf] = np.nan  # now days since the last event of each type
+    out["days_since_last_event"] = np.fmin.reduce(last, axis=0)  # NaN when no event at all
+    out.update(zip(_SINCE_NAMES, last))
+    out.update(zip(_DECAYED_NAMES, decayed))
+    out["engagement_decayed"] = np.add.reduce(decayed, axis=0, where=_POSITIVE_ROWS)
 
-    last = last.reshape(n, _NT)
-    out["unsubscribed"] = np.isfinite(last[:, _TYPE_CODE["unsubscribe"]]).astype("float64")
-    out["bounced"] = np.isfinite(last[:, _TYPE_CODE["email_bounce"]]).astype("float64")
-    any_last = last.min(axis=1)
-    out["days_since_last_event"] = np.where(np.isinf(any_last), np.nan, any_last)
-    last[np.isinf(last)] = np.nan  # now days since the last event of each type
-    for j, name in enumerate(_SINCE_NAMES):
-        out[name] = last[:, j]
-
-    decayed = decayed.reshape(n, _NT)
-    for j, name in enumerate(_DECAYED_NAMES):
-        out[name] = decayed[:, j]
-    out["engagement_decayed"] = decayed[:, _POSITIVE].sum(axis=1)
-
-    windows = {}
+    # windowed counts: one bincount over (age bucket, type, contact), cumulated over the
+    # buckets (float sums of integers: exact); events older than every window fall in a
+    # last bucket, dropped
+    index = _joined(windowed)
+    nb = len(_EDGES)
+    cum = _sums(index, np.ones(len(index)), nb * size)[:nb * size].reshape(nb, _NT, n)
+    for i in range(1, nb):
+        cum[i] += cum[i - 1]
     for w in schema.WINDOWS_DAYS:
-        windows[w] = _counts(key[age < w], n).astype("float64")  # column views below
-        for j, name in enumerate(_WINDOW_NAMES[w]):
-            out[name] = windows[w][:, j]
+        out.update(zip(_WINDOW_NAMES[w], cum[_ROW[w]]))
 
-    # calendar days back from the as-of date: 0 = the as-of day itself
-    day_back = t_ns // _NS_PER_DAY - ts // _NS_PER_DAY
-    out["active_days_30d"] = _active_days(contact, day_back, age < 30, n, 31)
-    out["active_days_90d"] = _active_days(contact, day_back, age < 90, n, 91)
+    days = days.reshape(_DAYS_30 + _DAYS_90, n)
+    out["active_days_30d"] = np.add.reduce(days[:_DAYS_30], axis=0, dtype=np.float64)
+    out["active_days_90d"] = np.add.reduce(days[_DAYS_30:], axis=0, dtype=np.float64)
 
-    pos_events = _POSITIVE[tcode]
-    last7 = np.bincount(contact[(age < 7) & pos_events], minlength=n)
-    before = np.bincount(contact[(age >= 7) & (age < 37) & pos_events], minlength=n)
+    s, e = _ROW[_TREND_SPLIT], _ROW[_TREND_END]
+    last7, to37 = np.add.reduce(cum[s:e + 1:e - s], axis=1, where=_POSITIVE_ROWS)
+    before = to37 - last7  # positive events 7 to 37 days back
     out["engagement_trend"] = (last7 + 1.0) / (7.0 / 30.0 * before + 1.0)
 
-    span = int(ev.content.max(initial=0)) + 1
-    m = (age < 90) & _IS_CONTENT[tcode] & (content >= 0)
-    pairs = _distinct(contact[m] * span + content[m])
-    out["distinct_content_90d"] = np.bincount(pairs // span, minlength=n).astype("float64")
+    content_code = _joined(content_code)
+    if len(content_code):
+        span = int(content_code.max()) + 1
+        pairs = _distinct(_joined(content_contact) * span + content_code)
+        out["distinct_content_90d"] = np.bincount(pairs // span, minlength=n).astype(np.float64)
+    else:
+        out["distinct_content_90d"] = np.zeros(n)
 
-    opens = windows[90][:, _TYPE_CODE["email_open"]]
-    clicks = windows[90][:, _TYPE_CODE["email_click"]]
-    # the divisor is at least 1: no division warnings to silence
-    out["email_ctr_90d"] = np.where(opens > 0, clicks / np.maximum(opens, 1), np.nan)
+    opens, clicks = cum[_ROW[90], _OPEN], cum[_ROW[90], _CLICK]
+    # NaN without opens (divided by NaN, not by zero: no warning to silence)
+    out["email_ctr_90d"] = clicks / np.where(opens > 0, opens, np.nan)
     return out

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features import schema
-from features.engagement import as_text, positions
+from features.engagement import all_true, as_of_ns, as_text, positions
 
 _STAGES = schema.STAGES
 _CODE = {s: i for i, s in enumerate(_STAGES)}
@@ -21,6 +21,10 @@ _COLD = _CODE["cold"]
 _CONVERTED = np.array([_CODE[s] for s in schema.CONVERTED_STAGES])
 _NOT_SCORED = np.array([_CODE[s] for s in schema.NOT_SCORED_STAGES])
 _DEFAULT_STAGE = "lead"
+_STAGE_NAMES = np.asarray(_STAGES, dtype=object)
+# _BACK[a, b]: a change from stage a to stage b is a regression (to cold, or back along the funnel)
+_BACK = (np.arange(len(_STAGES)) == _COLD)[None, :] | (
+    (_FUNNEL[:, None] >= 0) & (_FUNNEL[None, :] >= 0) & (_FUNNEL[None, :] < _FUNNEL[:, None]))
 _NS_PER_DAY = 86_400 * 10**9
 
 
@@ -52,22 +56,28 @@ def lifecycle_features(st: StageArrays, as_of: pd.Timestamp) -> dict[str, np.nda
     filled by the caller from the contact's age).
     """
     n = st.n_contacts
-    t_ns = pd.Timestamp(as_of).as_unit("ns").value
-    known = st.ts <= t_ns
-    contact, ts, stage = st.contact[known], st.ts[known], st.stage[known]
-    is_last = np.ones(len(contact), dtype=bool)
-    is_last[:-1] = contact[1:] != contact[:-1]
-    current = np.full(n, _CODE[_DEFAULT_STAGE], dtype=np.int8)
-    current[contact[is_last]] = stage[is_last]
-    since = np.full(n, np.nan)
-    since[contact[is_last]] = (t_ns - ts[is_last]) / _NS_PER_DAY
+    t_ns = as_of_ns(as_of)
+    contact, ts, stage = st.contact, st.ts, st.stage
+    known = ts <= t_ns
+    if not all_true(known):
+        contact, ts, stage = contact[known], ts[known], stage[known]
+    k = len(contact)
+    is_last = np.empty(k, dtype=bool)  # the contact's last change (changes are sorted)
+    np.not_equal(contact[1:], contact[:-1], out=is_last[:-1])
+    is_last[k - 1:] = True
+    who = contact[is_last]
+    current = np.empty(n, dtype=np.int8)
+    current.fill(_CODE[_DEFAULT_STAGE])
+    current[who] = stage[is_last]
+    since = np.empty(n)
+    since.fill(np.nan)
+    since[who] = (t_ns - ts[is_last]) / _NS_PER_DAY
 
-    same = contact[1:] == contact[:-1]
-    prev_rank, new_rank = _FUNNEL[stage[:-1]], _FUNNEL[stage[1:]]
-    back = same & ((stage[1:] == _COLD) | ((prev_rank >= 0) & (new_rank >= 0) & (new_rank < prev_rank)))
-    regressions = np.bincount(contact[1:][back], minlength=n).astype("float64")
+    back = _BACK[stage[:-1], stage[1:]]
+    np.greater(back, is_last[:-1], out=back)  # and the same contact
+    regressions = np.bincount(contact[1:][back], minlength=n).astype(np.float64)
     return {
-        "stage": np.asarray(_STAGES, dtype=object)[current],
+        "stage": _STAGE_NAMES[current],
         "stage_code": current,
         "days_in_stage": since,
         "stage_regressions": regressions,
