@@ -29,12 +29,13 @@ is a pure function of the inputs, so an interrupted preparation can be resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -563,6 +564,17 @@ def _slice_task(sl: TableSlice, columns: list[str], prep_dir: str, n_buckets: in
 
 
 _INDEX_CACHE: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def release_cached_files() -> Iterator[None]:
+    """On exit, forget this process's memory-mapped index and keys of a preparation (before
+    its directory is removed: a mapped file keeps its disk space, and cannot be deleted on
+    Windows)."""
+    try:
+        yield
+    finally:
+        _INDEX_CACHE.clear()
 
 
 def _cached_index(path: str) -> ContactIndex:

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def process_pool(workers: int, initializer: Callable | None = None, initargs: tuple = ()) -> ProcessPoolExecutor:
     # forkserver: no fork of a process whose OpenMP (LightGBM) threads already ran
-    ctx = mp.get_context("forkserver")
+    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer,
                                initargs=initargs)
 

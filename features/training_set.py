@@ -29,7 +29,14 @@ from features import schema
 from features.build import Snapshotter, monthly_as_of_dates
 from features.config import FeatureConfig
 from features.io import rejects_summary, tmp_name
-from features.partition import REJECT_SCHEMA, prepare, prepared_rejects, read_bucket, table_path
+from features.partition import (
+    REJECT_SCHEMA,
+    prepare,
+    prepared_rejects,
+    read_bucket,
+    release_cached_files,
+    table_path,
+)
 from features.tasks import Progress, local_runner
 
 #: contacts per bucket: a worker's snapshots of a bucket stay in the hundreds of MB
@@ -38,6 +45,15 @@ CHUNK_SIZE = 50_000
 #: seconds of imports on a loaded machine) costs more than it saves on a small base
 _POOL_MIN_ROWS = 8_000_000  # rows read, all tables
 _POOL_MIN_CONTACTS = 200_000  # contacts snapshotted
+
+#: a bucket's snapshots on disk: every bucket writes these types, whatever its values
+#: (an empty bucket or an as-of date with no eligible contact has no values to type them)
+SNAPSHOT_SCHEMA = pa.schema(
+    [("contact_id", pa.large_string()), ("as_of", pa.timestamp("us"))]
+    + [(c, pa.large_string()) for c in schema.CATEGORICAL_FEATURES]
+    + [(c, pa.float64()) for c in schema.NUMERIC_FEATURES]
+    + [(schema.LABEL, pa.int8()), ("row", pa.int64())]
+)
 
 
 @dataclass
@@ -71,8 +87,10 @@ def partitioned_training_set(
         The data's end (default: the last stage change); snapshots need a full label horizon
         before it (:func:`~features.build.monthly_as_of_dates`).
     workdir
-        Where the partitioned base is written while it is read (removed afterwards);
-        default: the system's temporary directory.
+        Where the partitioned base is written while it is read, in a hidden
+        ``.leadscore-training-set-*`` directory removed afterwards (also after an error;
+        not after a kill); default: the system's temporary directory. About the size of
+        the input plus the training set.
     workers
         Processes (default: one per core).
     """
@@ -81,7 +99,8 @@ def partitioned_training_set(
     data_dir = Path(data_dir)
     paths = {name: table_path(data_dir, name) for name in schema.TABLES}
     until_ts = pd.Timestamp(until) if until is not None else None
-    with tempfile.TemporaryDirectory(prefix=".leadscore-training-set-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".leadscore-training-set-", dir=workdir) as tmp, \
+            release_cached_files():
         prep, parts = Path(tmp) / "prep", Path(tmp) / "snapshots"
         parts.mkdir()
         # step 1 in this process: its memory is small beside the training set's
@@ -100,15 +119,19 @@ def partitioned_training_set(
         with Progress(console).task("snapshots", int(info["contacts"]), "contacts") as advance:
             local_runner(workers, min_weight=_POOL_MIN_CONTACTS)(calls, lambda weight, _: advance(weight))
         frame = _assemble(parts, n_buckets)
-        contacts, events, _ = read_bucket(prep, 0)
-        first = contacts.sort_values("row").head(3)
-        example = (first.drop(columns="row").reset_index(drop=True),
-                   events[events["contact_id"].isin(first["contact_id"])].reset_index(drop=True))
+        example = _example(prep, next(k for k, n in enumerate(info["bucket_sizes"]) if n))
         rejects = rejects_summary(pd.concat(
             [pq.read_table(f, schema=REJECT_SCHEMA).to_pandas() for f in prepared_rejects(prep)],
             ignore_index=True))
-    return TrainingSet(frame, dates, pd.Timestamp(info["export"]), int(info["contacts"]),
-                       int(info["events"]), rejects, example)
+    return TrainingSet(frame, dates, end, int(info["contacts"]), int(info["events"]), rejects, example)
+
+
+def _example(prep: Path, k: int, n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A few clean contacts of bucket ``k`` (the first in the input) and their events."""
+    contacts, events, _ = read_bucket(prep, k)
+    first = contacts.sort_values("row").head(n)
+    return (first.drop(columns="row").reset_index(drop=True),
+            events[events["contact_id"].isin(first["contact_id"])].reset_index(drop=True))
 
 
 def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.DataFrame,
@@ -130,7 +153,7 @@ def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config
     written at disk speed and read back memory-mapped, column by column); returns its rows."""
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(frame, schema=SNAPSHOT_SCHEMA, preserve_index=False)
     path = Path(parts) / f"part-{k:05d}.arrow"
     tmp = tmp_name(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
@@ -161,9 +184,8 @@ def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
     where[order] = np.arange(len(order))  # final row of each concatenated row
     del keys, as_of, row
 
-    schema_ = _read_part(files[0]).schema
-    floats = [f.name for f in schema_ if pa.types.is_floating(f.type)]
-    others = [f.name for f in schema_ if f.name not in floats and f.name != "row"]
+    floats = [f.name for f in SNAPSHOT_SCHEMA if pa.types.is_floating(f.type)]
+    others = [f.name for f in SNAPSHOT_SCHEMA if f.name not in floats and f.name != "row"]
     block = np.empty((len(order), len(floats)), order="F")
     small: list[pa.Table] = []
     start = 0
@@ -175,8 +197,7 @@ def _assemble(parts: Path, n_buckets: int) -> pd.DataFrame:
         small.append(t.select(others))
         start += n
         del t
-    head = pa.concat_tables(small).take(pa.array(order))
-    head = head.replace_schema_metadata(schema_.metadata).to_pandas()  # pandas dtypes back
+    head = pa.concat_tables(small).take(pa.array(order)).to_pandas()
     tail = pd.DataFrame(block, columns=floats, copy=False)
     frame = pd.concat([head, tail], axis=1)
-    return frame[[c for c in schema_.names if c != "row"]]
+    return frame[[c for c in SNAPSHOT_SCHEMA.names if c != "row"]]

@@ -111,7 +111,10 @@ def _truth(data: Path, ts, train_config) -> pd.DataFrame | None:
     """The generator's oracle for the test window, when the data has a truth table."""
     from features.loading import read_truth
 
-    return read_truth(data, since=ts.as_of_dates[-train_config.split.test_dates])
+    test_dates = train_config.split.test_dates
+    if len(ts.as_of_dates) < test_dates:
+        return None  # too few dates: the split says so, with the numbers
+    return read_truth(data, since=ts.as_of_dates[-test_dates])
 
 
 def _input_example(contacts: pd.DataFrame, events: pd.DataFrame, until: pd.Timestamp) -> pd.DataFrame:
@@ -165,6 +168,8 @@ def train(
     except NotEnoughData as e:
         console.print(f"[yellow]no model trained: {e}. The rule scorer stays in charge.[/]")
         return
+    except ValueError as e:  # e.g. too short a history for the time split
+        fail(str(e))
     with console.status("logging to MLflow"):
         summary = log_training(result, training_set=ts.frame, source=str(data.resolve()),
                                input_example=_input_example(*ts.example, ts.until), gate_config=tcfg.gate)
@@ -208,14 +213,14 @@ def evaluate(
     from training.metrics import compare
     from training.registry import load_scorer
     from training.tracking import configure_tracking
-    from training.train import NotEnoughData, train as run_training
+    from training.train import train as run_training
 
     fcfg, tcfg = FeatureConfig.from_yaml(config), TrainConfig.from_yaml(config)
     configure_tracking(workdir)
     ts = _training_set(data, until, fcfg, workdir)
     try:
         result = run_training(ts.frame, config=tcfg, feature_config=fcfg, truth=_truth(data, ts, tcfg))
-    except NotEnoughData as e:
+    except ValueError as e:  # NotEnoughData too
         fail(f"cannot evaluate: {e}")
     preds = result.test_predictions
     scorers = {c: preds[c].to_numpy() for c in ("model", "rules", "logistic", "oracle") if c in preds}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from features.build import build_training_set, monthly_as_of_dates
 from features.config import FeatureConfig
@@ -65,3 +66,27 @@ def test_csv_input_equals_the_whole_base_of_the_same_csv(demo_data: Path, tmp_pa
     expected = build_training_set(base.contacts, base.events, base.stages, dates, config=config)
     got = partitioned_training_set(data, config=config, chunk_size=2000, workers=1)
     pd.testing.assert_frame_equal(got.frame, expected)
+
+
+@pytest.mark.parametrize(("contacts", "chunk_sizes"), [(300, (200, 40)), (40, (1,))])
+def test_buckets_without_eligible_contacts_at_some_dates(tmp_path: Path, contacts: int,
+                                                          chunk_sizes: tuple[int, ...]) -> None:
+    """One contact far older than the rest: the first as-of dates have it alone, so most
+    buckets have no eligible contact there (with one contact per bucket, many buckets are
+    empty, bucket 0 among them); still the same frame."""
+    from features.synthetic import generate, write_tables
+
+    tables = generate(contacts, seed=3)
+    old = tables["contacts"].copy()
+    old.loc[0, "created_at"] = pd.Timestamp("2020-01-01")
+    data = tmp_path / "data"
+    write_tables({**tables, "contacts": old}, data)
+    config = FeatureConfig()
+    base = load_base(data)
+    dates = monthly_as_of_dates(base.contacts["created_at"].min(), base.until,
+                                horizon_days=config.horizon_days)
+    expected = build_training_set(base.contacts, base.events, base.stages, dates, config=config)
+    for chunk_size in chunk_sizes:
+        got = partitioned_training_set(data, config=config, chunk_size=chunk_size, workers=1)
+        pd.testing.assert_frame_equal(got.frame, expected)
+        assert 1 <= len(got.example[0]) <= 3  # from the first bucket with contacts
