@@ -370,7 +370,7 @@ def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size
     t1 = time.perf_counter()
     n = int(sum(len(r) for r in rows))
     if n == 0:
-        raise DataError("contacts: no valid contacts: the base is empty, nothing to score")
+        raise DataError("contacts: no valid contacts: the base is empty")
     if end is None:
         end = _events_end(paths["events"]) or data_end(pd.DataFrame({"ts": []}), pd.DataFrame({"ts": []}))
     as_of = as_of_opt if as_of_opt is not None else end

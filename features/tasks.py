@@ -116,6 +116,8 @@ class Progress:
             return
 
         def advance_plain(n: int) -> None:
+            if n <= 0 and done[0]:  # nothing new (an empty slice): no repeated line
+                return
             done[0] += n
             elapsed = time.perf_counter() - start
             rate = done[0] / elapsed if elapsed > 0 else 0.0
