@@ -116,19 +116,24 @@ def partitioned_training_set(
         n_buckets = int(info["n_buckets"])
         calls = [(_snapshot_task, (k, str(prep), str(parts), [str(t) for t in dates], config),
                   int(info["bucket_sizes"][k])) for k in range(n_buckets)]
+        examples: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
         with Progress(console).task("snapshots", int(info["contacts"]), "contacts") as advance:
-            local_runner(workers, min_weight=_POOL_MIN_CONTACTS)(calls, lambda weight, _: advance(weight))
+            def done(weight: int, result: tuple[int, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+                examples[result[0]] = result[1]
+                advance(weight)
+
+            local_runner(workers, min_weight=_POOL_MIN_CONTACTS)(calls, done)
         frame = _assemble(parts, n_buckets)
-        example = _example(prep, next(k for k, n in enumerate(info["bucket_sizes"]) if n))
+        example = examples[next(k for k, n in enumerate(info["bucket_sizes"]) if n)]
         rejects = rejects_summary(pd.concat(
             [pq.read_table(f, schema=REJECT_SCHEMA).to_pandas() for f in prepared_rejects(prep)],
             ignore_index=True))
     return TrainingSet(frame, dates, end, int(info["contacts"]), int(info["events"]), rejects, example)
 
 
-def _example(prep: Path, k: int, n: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A few clean contacts of bucket ``k`` (the first in the input) and their events."""
-    contacts, events, _ = read_bucket(prep, k)
+def first_leads(contacts: pd.DataFrame, events: pd.DataFrame, n: int = 3
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The first ``n`` clean contacts of a bucket (in input order) and their events."""
     first = contacts.sort_values("row").head(n)
     return (first.drop(columns="row").reset_index(drop=True),
             events[events["contact_id"].isin(first["contact_id"])].reset_index(drop=True))
@@ -148,9 +153,11 @@ def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.Da
     return pd.concat(parts, ignore_index=True)
 
 
-def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config: FeatureConfig) -> int:
+def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config: FeatureConfig
+                   ) -> tuple[int, tuple[pd.DataFrame, pd.DataFrame]]:
     """Worker: bucket ``k``'s snapshots -> ``parts/part-k.arrow`` (uncompressed Arrow IPC:
-    written at disk speed and read back memory-mapped, column by column); returns its rows."""
+    written at disk speed and read back memory-mapped, column by column); returns ``k`` and
+    its first leads (:func:`first_leads`, the run's input example)."""
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
     table = pa.Table.from_pandas(frame, schema=SNAPSHOT_SCHEMA, preserve_index=False)
@@ -159,7 +166,7 @@ def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
-    return len(frame)
+    return k, first_leads(contacts, events)
 
 
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
