@@ -13,7 +13,7 @@ OpenAPI document and by clients and tests (the service writes the same JSON dire
 
 :func:`to_columns` turns a validated request into the column arrays the feature kernels
 take (:func:`features.build.lead_feature_columns`). :func:`decode_columns` does both at once
-when ``msgspec`` is installed: the body decoded into typed structs in C (the same types, limits
+with msgspec: the body decoded into typed structs in C (the same types, limits
 and vocabularies as :data:`SCORE_REQUEST`), the timestamps checked against :data:`TS_PATTERN`
 column by column; a body it does not take goes through pydantic as above, which accepts
 exactly what it accepted before and names the fields of what it rejects.
@@ -45,10 +45,7 @@ from features.build import encode_stage_records
 from features.engagement import EventArrays, encode_event_records
 from features.lifecycle import StageArrays
 
-try:  # optional: a faster decoder of event requests (pydantic alone answers without it)
-    import msgspec
-except ImportError:  # pragma: no cover - depends on the environment
-    msgspec = None
+import msgspec
 
 # -- limits ------------------------------------------------------------------------------
 MAX_LEADS = 1000
@@ -598,9 +595,7 @@ def _fast_struct(name: str, table: schema.TableSchema, *, drop: tuple[str, ...] 
 
 
 def _fast_decoder() -> Any:
-    """The msgspec decoder of a :data:`ScoreRequest`; None without msgspec."""
-    if msgspec is None:
-        return None
+    """The msgspec decoder of a :data:`ScoreRequest`."""
     ms = msgspec
     contact = _fast_struct("Contact", schema.CONTACTS, optional=("created_at",))
     event = _fast_struct("Event", schema.EVENTS, drop=("contact_id",),
@@ -636,9 +631,7 @@ _A_STAGES = attrgetter("stages")
 def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] | None:
     """The columns and reasons mode of a raw :data:`ScoreRequest` body, decoded and checked
     in one pass (msgspec); None for any body it leaves to :data:`SCORE_REQUEST` and
-    :func:`to_columns` (invalid ones, unusual timestamp shapes, no msgspec installed)."""
-    if _DECODER is None:
-        return None
+    :func:`to_columns` (invalid ones, unusual timestamp shapes)."""
     try:
         request = _DECODER.decode(body)
     except Exception:  # DecodeError, ValidationError, UnicodeDecodeError: pydantic names it

@@ -42,7 +42,7 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   columns by :func:`serving.api_types.to_columns`: the same requests are accepted either way.
   The columns are featurised by the batch kernels (:func:`features.build.lead_feature_columns`)
   and scored by :class:`training.fastpath.FastScorer` (the same numbers as
-  ``LeadModel.score``, tested); answers are written by msgspec (``json`` without it). Table
+  ``LeadModel.score``, tested); answers are written by msgspec. Table
   rows are validated
   (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
   (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import msgspec
 import numpy as np
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -869,20 +870,19 @@ def _outputs(out: Any, scored_at: str) -> list[dict[str, Any]]:
 
 def _dumps(answer: dict[str, Any]) -> bytes:
     """Strict JSON of an answer; a non-finite number anywhere (a reason's value) becomes null
-    rather than an invalid token or a 500 (msgspec writes them as null; without it, or for a
-    value it does not know, ``json``)."""
-    if _encode is not None:
-        try:
-            return _encode(answer)
-        except (TypeError, ValueError, OverflowError):
-            pass
+    rather than an invalid token or a 500 (msgspec writes them as null; ``json`` for a value
+    msgspec does not know)."""
+    try:
+        return _encode(answer)
+    except (TypeError, ValueError, OverflowError):
+        pass
     try:
         return json.dumps(answer, allow_nan=False).encode()
     except ValueError:
         return json.dumps(_finite(answer), allow_nan=False).encode()
 
 
-_encode = T.msgspec.json.Encoder().encode if T.msgspec is not None else None
+_encode = msgspec.json.Encoder().encode
 
 
 def _finite(value: Any) -> Any:

@@ -137,7 +137,6 @@ def _same_columns(a: T.LeadColumns, b: T.LeadColumns) -> None:
             assert u.dtype == v.dtype and np.array_equal(u, v), f
 
 
-@pytest.mark.skipif(T.msgspec is None, reason="msgspec not installed: pydantic decodes alone")
 def test_fast_decoder_takes_what_pydantic_takes_with_the_same_columns():
     """decode_columns either leaves a body to pydantic (None) or gives exactly the columns of
     SCORE_REQUEST + to_columns; it never takes a body that pydantic rejects."""
