@@ -31,9 +31,12 @@ def time_split(as_of: pd.Series, config: SplitConfig, *, horizon_days: int) -> S
     dates = np.sort(pd.to_datetime(as_of).unique())
     gap = pd.Timedelta(days=horizon_days if config.gap_days is None else config.gap_days)
     test_dates = dates[-config.test_dates:]
-    val_pool = dates[dates <= test_dates[0] - gap]
+    # strictly before the next window's first date, whatever the gap (a gap of 0 days must
+    # not put that date on both sides)
+    val_pool = dates[(dates <= test_dates[0] - gap) & (dates < test_dates[0])]
     val_dates = val_pool[-config.validation_dates:]
-    train_dates = dates[dates <= val_dates[0] - gap] if len(val_dates) else dates[:0]
+    train_dates = (dates[(dates <= val_dates[0] - gap) & (dates < val_dates[0])]
+                   if len(val_dates) else dates[:0])
     if len(train_dates) == 0 or len(val_dates) == 0:
         raise ValueError(
             f"time split: {len(dates)} as-of date(s) are too few for {config.test_dates} test, "

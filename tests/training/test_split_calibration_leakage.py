@@ -24,6 +24,16 @@ def test_time_split_keeps_a_horizon_gap_between_windows():
     assert not (s.train & s.validation).any() and not (s.validation & s.test).any()
 
 
+def test_time_split_without_a_gap_never_shares_a_date_between_windows():
+    dates = pd.Series(pd.date_range("2025-01-01", periods=8, freq="MS")).repeat(3).reset_index(drop=True)
+    s = time_split(dates, SplitConfig(test_dates=1, validation_dates=2, gap_days=0), horizon_days=90)
+    assert not (s.train & s.validation).any() and not (s.validation & s.test).any()
+    train, val, test = (np.unique(dates[m]) for m in (s.train, s.validation, s.test))
+    assert list(test) == [np.datetime64("2025-08-01")]
+    assert list(val) == [np.datetime64("2025-06-01"), np.datetime64("2025-07-01")]
+    assert train.max() == np.datetime64("2025-05-01")
+
+
 def test_time_split_with_too_few_dates_says_why():
     dates = pd.Series(pd.date_range("2025-01-01", periods=3, freq="MS"))
     with pytest.raises(ValueError, match="too few"):
