@@ -260,7 +260,7 @@ class FastScorer:
             raw = 0.0
         if p > self._hi:
             raw = 100.0
-        return int(min(max(math.floor(raw + 0.5), 0), 100))
+        return int(min(max(math.floor(raw), 0), 100))
 
     def _reasons_one(self, contributions: np.ndarray, features: Mapping[str, np.ndarray]
                      ) -> list[dict[str, Any]]:

@@ -147,7 +147,9 @@ class ScoreScale:
         raw = np.where(x < uniq[0], 0.0, raw)
         raw = np.where(x > uniq[-1], 100.0, raw)
         raw = np.where(np.isnan(x), 0.0, raw)
-        return np.clip(np.floor(raw + 0.5), 0, 100).astype(np.int64)
+        # truncated, not rounded: a score of 95 is a percentile of at least 95, so band A
+        # (score >= 95) is the top 5 % and not 5.5 % (the cut-offs of band_probability_cutoffs)
+        return np.clip(np.floor(raw), 0, 100).astype(np.int64)
 
     def band(self, score: np.ndarray | Sequence[int] | int) -> np.ndarray:
         """Band letter per score: ``A`` if score >= threshold A, ... else ``D``."""

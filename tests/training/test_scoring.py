@@ -52,7 +52,7 @@ def test_ties_get_mid_rank_and_nan_scores_zero() -> None:
     # 60% of the population at exactly 0.01, the rest spread above
     train = np.concatenate([np.full(600, 0.01), np.linspace(0.02, 0.5, 400)])
     scale = ScoreScale.fit(train)
-    assert scale.score(0.01)[0] == 30  # mid-rank of percentiles 0..60
+    assert scale.score(0.01)[0] == 29  # mid-rank of percentiles 0..59 (29.5), truncated
     assert scale.score(0.005)[0] == 0  # below everything seen
     assert scale.score(np.nan)[0] == 0
     s = scale.score(np.array([0.005, 0.01, 0.011, 0.02, 0.3]))
@@ -66,8 +66,11 @@ def test_default_bands_and_their_shares() -> None:
     fitted = ScoreScale.fit(train)
     bands = pd.Series(fitted.band(fitted.score(train)))
     shares = bands.value_counts(normalize=True)
-    assert shares["A"] == pytest.approx(0.055, abs=0.01)  # scores 95..100 (rounding)
-    assert shares["D"] == pytest.approx(0.495, abs=0.01)
+    # the scores are truncated percentiles: the shares are the threshold gaps
+    assert shares["A"] == pytest.approx(0.05, abs=0.002)
+    assert shares["B"] == pytest.approx(0.15, abs=0.002)
+    assert shares["C"] == pytest.approx(0.30, abs=0.002)
+    assert shares["D"] == pytest.approx(0.50, abs=0.002)
 
 
 def test_custom_and_invalid_thresholds() -> None:
