@@ -94,11 +94,21 @@ class LeadScoringPyfunc(mlflow.pyfunc.PythonModel):
             out["reasons"] = [json.dumps(r) for r in out["reasons"]]
             out["scored_at"] = out["scored_at"].astype(str)
             return out
-        as_of = pd.Timestamp(model_input["as_of"].iloc[0]) if "as_of" in model_input and len(model_input) \
-            else pd.Timestamp.now(tz="UTC").tz_localize(None)
-        contacts, events, stages = raw_frame_to_leads(model_input)
-        feats = features_for_leads(contacts, events, stages, as_of=as_of, config=self.model.feature_config)
-        out = self.model.score(feats, scored_at=pd.Timestamp.now(tz="UTC").tz_localize(None))
+        now = pd.Timestamp.now(tz="UTC").tz_localize(None)
+        parts = []
+        for as_of, rows in _by_as_of(model_input.reset_index(drop=True), now):
+            contacts, events, stages = raw_frame_to_leads(rows)
+            feats = features_for_leads(contacts, events, stages, as_of=as_of, config=self.model.feature_config)
+            parts.append(self.model.score(feats, scored_at=now).set_axis(rows.index))
+        out = pd.concat(parts).sort_index().reset_index(drop=True)
         out["reasons"] = [json.dumps(r) for r in out["reasons"]]
         out["scored_at"] = out["scored_at"].astype(str)
         return out
+
+
+def _by_as_of(frame: pd.DataFrame, now: pd.Timestamp) -> list[tuple[pd.Timestamp, pd.DataFrame]]:
+    """The rows of ``frame`` grouped by their own ``as_of`` (UTC, naive; ``now`` when absent)."""
+    if "as_of" not in frame or frame.empty:
+        return [(now, frame)]
+    as_of = pd.to_datetime(frame["as_of"], utc=True, format="mixed").dt.tz_localize(None).fillna(now)
+    return [(pd.Timestamp(t), frame[as_of == t]) for t in as_of.unique()]

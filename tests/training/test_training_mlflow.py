@@ -57,6 +57,27 @@ print(json.dumps(out.iloc[0][["contact_id", "probability", "score", "band", "sco
     assert 0 < row["probability"] < 1 and 0 <= row["score"] <= 100 and row["band"] in "ABCD"
 
 
+def test_logged_model_scores_each_row_at_its_own_as_of(use_store):
+    mlflow.set_tracking_uri(use_store.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/lead-scoring@champion")
+    events = json.dumps([{"ts": f"2026-03-{d:02d}T10:00:00", "event_type": t}
+                         for d, t in ((2, "pricing_view"), (3, "demo_request"), (4, "webinar_attended"))])
+    lead = {"contact_id": "X1", "created_at": "2026-01-05", "job_title": "Head of IT",
+            "industry": "Manufacturing", "employees": 300.0, "country": "DE", "lead_source": "webinar",
+            "events": events}
+    rows = pd.DataFrame([{**lead, "as_of": "2026-03-05"}, {**lead, "as_of": "2026-09-01"},
+                         {**lead, "contact_id": "X2", "as_of": "2026-03-05T00:00:00+00:00"}],
+                        index=[7, 7, 3])  # any index: the answer is in row order
+    together = model.predict(rows)
+    alone = pd.concat([model.predict(rows.iloc[[i]]) for i in range(3)], ignore_index=True)
+    assert together["contact_id"].tolist() == ["X1", "X1", "X2"]
+    cols = ["probability", "score", "band"]
+    pd.testing.assert_frame_equal(together[cols], alone[cols])
+    # fresh activity counts at its own date, not at the other row's: six months on it has decayed
+    assert together.loc[0, "probability"] != together.loc[1, "probability"]
+    assert together.loc[0, "probability"] == together.loc[2, "probability"]
+
+
 def test_gate_keeps_a_worse_model_as_challenger_and_rollback_restores(use_store):
     from training.tracking import log_training, promote, rollback
 
