@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from features.config import read_section
 
 REGISTERED_MODEL = "lead-scoring"
 CHAMPION = "champion"
@@ -81,10 +82,16 @@ class TrainConfig(BaseModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
 
+    @field_validator("band_thresholds")
+    @classmethod
+    def _valid_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        from training.scoring import check_band_thresholds  # at load, not hours later after training
+
+        check_band_thresholds(value)
+        return value
+
     @classmethod
     def from_yaml(cls, path: Path | str | None) -> "TrainConfig":
-        """Read the ``training:`` section of a YAML file (or the whole file); defaults when None."""
-        if path is None:
-            return cls()
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls(**data.get("training", data))
+        """The ``training:`` section of a YAML file (:func:`features.config.read_section`);
+        defaults when None."""
+        return read_section(path, "training", cls)

@@ -42,7 +42,7 @@ DEFAULT_BAND_THRESHOLDS: dict[str, int] = {"A": 95, "B": 80, "C": 50}
 _PERCENTILES = np.arange(101, dtype=float)
 
 
-def _check_thresholds(thresholds: Mapping[str, float]) -> dict[str, int]:
+def check_band_thresholds(thresholds: Mapping[str, float]) -> dict[str, int]:
     keys = tuple(BANDS[:-1])
     if set(thresholds) != set(keys):
         raise ValueError(
@@ -96,7 +96,7 @@ class ScoreScale:
         if np.any(np.diff(q) < 0):
             raise ValueError("quantiles must be non-decreasing")
         object.__setattr__(self, "quantiles", tuple(float(v) for v in q))
-        object.__setattr__(self, "band_thresholds", _check_thresholds(self.band_thresholds))
+        object.__setattr__(self, "band_thresholds", check_band_thresholds(self.band_thresholds))
 
     # -- construction -------------------------------------------------------
     @classmethod
