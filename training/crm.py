@@ -131,7 +131,9 @@ _ID_NAME = re.compile(r"(^|[^a-z])(id|uuid|guid|key|number|no)([^a-z]|$)|_id$|id
 _PII_NAME = re.compile(
     r"e-?mail|phone|mobile|\bcell\b|telephone|\bfax\b|first.?name|last.?name|full.?name|"
     r"surname|given.?name|contact.?name|^name$|street|address|postal|post.?code|zip|"
-    r"ip.?addr|linkedin|birth|passport|social.?security|\bssn\b", re.IGNORECASE)
+    r"ip.?addr|linkedin|birth|passport|social.?security|\bssn\b|person|"
+    r"(company|account|organi[sz]ation|business|employer).?name|^(company|account|organi[sz]ation|employer)$",
+    re.IGNORECASE)
 _POST_CONTACT_NAME = re.compile(
     r"\btags?\b|quality|status|\bstage\b|disposition|\bowner\b|assigned|sales.?rep|"
     r"last.?(notable.?)?activity|lost|\bwon\b|closed|\bdeal\b|opportunit|\bscore\b|"
@@ -1621,16 +1623,20 @@ def group_reasons(reasons: Mapping[str, str]) -> dict[str, list[str]]:
 
 def table_input_example(frame: pd.DataFrame, config: DatasetConfig, columns: Columns,
                         n: int = 3) -> pd.DataFrame:
-    """A few rows in the raw table shape for the MLflow signature: the most complete rows,
-    with made-up ids (no real identifier or personal data leaves the table)."""
-    cols = columns.features
+    """A few rows in the raw table shape for the MLflow signature, made up column by column
+    (no real row leaves the table): the i-th most frequent value of each categorical column,
+    the quartiles of each numeric one, and made-up ids."""
     cleaned = table_features(frame, config, columns.categorical, columns.numeric)
-    order = np.argsort(cleaned[[feature_name(c) for c in cols]].isna().sum(axis=1).to_numpy(), kind="stable")
-    rows = cleaned.iloc[order[:n]].reset_index(drop=True)
-    out = pd.DataFrame({c: rows[feature_name(c)] for c in cols})
+    out = pd.DataFrame(index=range(n))
+    for c in columns.categorical:
+        common = cleaned[feature_name(c)].dropna().astype(str).value_counts(sort=True).index[:n].tolist()
+        if common:
+            out[c] = [common[i % len(common)] for i in range(n)]
     for c in columns.numeric:
-        out[c] = out[c].astype("float64")
-    out = out[[c for c in out.columns if out[c].notna().any()]]
+        values = cleaned[feature_name(c)].astype("float64").dropna()
+        if len(values):
+            out[c] = np.quantile(values, np.linspace(0.25, 0.75, n)).astype("float64")
+    out = out[[c for c in columns.features if c in out.columns]]
     if config.id_column:
         out.insert(0, config.id_column, [f"example-{i + 1}" for i in range(len(out))])
     return out

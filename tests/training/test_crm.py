@@ -444,7 +444,7 @@ def test_typed_parquet_with_awkward_names_and_no_id_column(tmp_path):
     table = read_table(tmp_path / "t.parquet")
     cfg = infer_config(table)
     assert cfg.target.column == "Is Won" and cfg.id_column is None
-    assert cfg.time_column == "Signup Time" and "free text" in cfg.exclude["Company"]
+    assert cfg.time_column == "Signup Time" and "personal data" in cfg.exclude["Company"]
     cfg = cfg.model_copy(update={"time_column": None, "cross_fit_folds": 2, "training": FAST_TRAINING})
     res = train_table(table, cfg)
     assert res.dropped_rows == int(pd.isna(won).sum())
