@@ -289,31 +289,49 @@ def _read_csv(path: Path, spec: TableSchema, wanted: Sequence[str] | None) -> pa
         quoted_strings_can_be_null=False,
     )
     bad_rows: list[pa_csv.InvalidRow] = []
+    try:
+        return pa_csv.read_csv(
+            path,
+            convert_options=convert,
+            parse_options=_csv_parse_options(bad_rows),
+        )
+    except pa.ArrowInvalid as exc:
+        raise _csv_error(path, spec.name, exc, bad_rows) from None
+
+
+def _csv_parse_options(bad_rows: list[pa_csv.InvalidRow]) -> pa_csv.ParseOptions:
+    """Parse options that record a row with the wrong number of fields (and fail on it):
+    Arrow's own message for such a row quotes the whole row, personal data included."""
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
         bad_rows.append(row)
         return "error"
 
-    try:
-        return pa_csv.read_csv(
-            path,
-            convert_options=convert,
-            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
-        )
-    except pa.ArrowInvalid:
-        if not bad_rows:
-            raise
-        row = bad_rows[0]
-        line = (
-            row.number
-            if row.number is not None and row.number >= 0
-            else _first_bad_line(path, row.expected_columns)
-        )
-        where = f"line {line}" if line else "a row"
-        raise DataError(
-            f"{spec.name}: cannot read {path.name}: {where} has {row.actual_columns} "
-            f"columns, the header {row.expected_columns}"
-        ) from None
+    return pa_csv.ParseOptions(invalid_row_handler=on_invalid)
+
+
+def _csv_error(
+    path: Path, table: str, exc: BaseException, bad_rows: Sequence[pa_csv.InvalidRow]
+) -> DataError:
+    """A CSV parse error naming the file, the line and the field counts, never a value."""
+    if not bad_rows:
+        reason = _CSV_ROW_TEXT.sub(r"\1", safe_reason(exc))
+        return DataError(f"{table}: cannot read {path.name}: {reason}")
+    row = bad_rows[0]
+    line = (
+        row.number
+        if row.number is not None and row.number >= 0
+        else _first_bad_line(path, row.expected_columns)
+    )
+    where = f"line {line}" if line else "a row"
+    return DataError(
+        f"{table}: cannot read {path.name}: {where} has {row.actual_columns} "
+        f"columns, the header {row.expected_columns}"
+    )
+
+
+#: Arrow's "Expected 13 columns, got 15: <the row's text>": the text after the counts is cut.
+_CSV_ROW_TEXT = re.compile(r"(columns, got \d+)\s*:.*$")
 
 
 def _open_text(path: Path) -> TextIO:
@@ -463,6 +481,7 @@ def read_slice(
     """
     spec = schema.TABLES[sl.table]
     name = Path(sl.path).name
+    bad_rows: list[pa_csv.InvalidRow] = []  # a row with the wrong number of fields (CSV)
     try:
         if sl.kind == "parquet":
             f = pq.ParquetFile(sl.path, buffer_size=_STREAM_BUFFER, pre_buffer=False)
@@ -476,11 +495,16 @@ def read_slice(
                 quoted_strings_can_be_null=False,
             )
             batches = pa_csv.open_csv(sl.path, convert_options=convert,
-                                      read_options=pa_csv.ReadOptions(block_size=64 << 20))
+                                      read_options=pa_csv.ReadOptions(block_size=64 << 20),
+                                      parse_options=_csv_parse_options(bad_rows))
         for batch in batches:
             yield _ids_as_text(batch, spec).to_pandas()
     except DataError:
         raise
+    except pa.ArrowInvalid as exc:
+        if sl.kind != "csv":
+            raise DataError(f"{sl.table}: cannot read {name}: {safe_reason(exc)}") from None
+        raise _csv_error(Path(sl.path), sl.table, exc, bad_rows) from None
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{sl.table}: cannot read {name}: {safe_reason(exc)}") from None
 

@@ -36,7 +36,9 @@ every chunk) and redoes the rest. Slices and chunks are pure functions of the in
 final output is byte-for-byte the same as an uninterrupted run's. Without ``--resume`` an
 interrupted run's work directory is an error (``--overwrite`` starts again); an existing
 output is never replaced without ``--overwrite``; a lock file stops two runs on the same
-output.
+output. Options (``--previous`` included) are checked before any work; a run that fails
+after writing its manifest keeps the work for ``--resume`` and says so, unless its input
+data turned out bad while being prepared (:func:`_work_is_void`).
 
 Outputs
 -------
@@ -54,8 +56,12 @@ it), ``"all"`` for every row, ``"none"`` for none.
 reason`` (the loader's and hygiene's reasons, plus ``not_scorable`` for a contact whose
 probability came out non-finite), counted in the summary.
 
-``<stem>.movers.parquet`` (with ``previous``): contacts whose band changed since the
-previous scores, ``up`` (``into_a`` first: sales call them today) then ``down``.
+``<stem>.movers.parquet`` (with ``previous``): :data:`MOVER_COLUMNS`, the contacts whose
+band changed since the previous scores (``direction`` ``up`` or ``down``) and those not
+scored then (``new``, ``*_before`` null); ``into_a`` marks those in band A now and not
+before (moved up or new: the report's new A leads), listed first: sales call them today
+(:func:`compare_previous`). A run without ``previous`` removes an earlier run's movers file
+when it replaces the output.
 """
 
 from __future__ import annotations
@@ -123,10 +129,20 @@ OUTPUT_SCHEMA = pa.schema(
         ("as_of", pa.timestamp("us")),
     ]
 )
-MOVER_COLUMNS: tuple[str, ...] = (
-    "contact_id", "direction", "into_a", "band_before", "band_after",
-    "score_before", "score_after", "probability_before", "probability_after",
+MOVERS_SCHEMA = pa.schema(
+    [
+        ("contact_id", pa.string()),
+        ("direction", pa.string()),  # up, down or new (not scored before)
+        ("into_a", pa.bool_()),  # in band A now, not before: moved up or new
+        ("band_before", pa.string()),
+        ("band_after", pa.string()),
+        ("score_before", pa.int64()),
+        ("score_after", pa.int64()),
+        ("probability_before", pa.float64()),
+        ("probability_after", pa.float64()),
+    ]
 )
+MOVER_COLUMNS: tuple[str, ...] = tuple(MOVERS_SCHEMA.names)
 
 
 # ---------------------------------------------------------------------------
@@ -217,10 +233,12 @@ class BatchSummary:
         console.print(table)
         if self.previous:
             p = self.previous
+            new_a = p.get("new_a", 0)
             console.print(
-                f"since previous: [bold green]{p['into_a']:,} moved up into A[/] "
-                f"({p['up']:,} up in all, {p['down']:,} down, {p['new']:,} new, "
-                f"{p['gone']:,} no longer scored) -> {self.movers_path}")
+                f"since previous: [bold green]{p['into_a']:,} new in band A[/] "
+                f"({p['into_a'] - new_a:,} moved up, {new_a:,} not scored before); "
+                f"{p['up']:,} up in all, {p['down']:,} down, {p['new']:,} new, "
+                f"{p['gone']:,} no longer scored -> {self.movers_path}")
         if self.rejected:
             console.print(f"[yellow]{self.rejected:,} rows rejected[/] -> {self.rejects_path}")
             rej = Table()
@@ -479,14 +497,23 @@ def as_categorical(values: pd.Series | pa.ChunkedArray | pa.Array, categories: p
 def compare_previous(current: pd.DataFrame, previous: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Band movements between two score tables (``contact_id, band, score, probability``).
 
-    Returns the movers (band changed; ``up`` before ``down``, moves into A first, then by
-    score change) and counts: ``bands_before``, ``bands_after``, ``up``, ``down``,
-    ``into_a``, ``unchanged``, ``new`` (scored now, not before) and ``gone``.
+    Returns the movers and counts. A mover changed band (``direction`` ``up`` or ``down``) or
+    was not scored before (``new``: absent from ``previous``, or there without a band; its
+    ``*_before`` columns are null). ``into_a`` marks every contact in band A now that was not
+    in A before, moved up or new: the new A leads of the report's service level
+    (:func:`serving.kpis.service_level`), whom sales call today. Order: into A first (moved
+    up, then new; the largest score change, then the highest score first), then the other
+    moves up, the other new contacts (highest score first) and the moves down.
+
+    Counts: ``previous_rows``, ``bands_before``, ``bands_after``, ``up``, ``down``,
+    ``unchanged``, ``new`` (scored now, not before), ``gone`` (scored before, not now),
+    ``into_a`` (new A leads, moved up or new) and ``new_a`` (those of them new).
     """
     for name, frame in (("previous", previous), ("current", current)):
         missing = [c for c in ("contact_id", "band") if c not in frame.columns]
         if missing:
             raise ValueError(f"{name} scores: required column {missing[0]!r} is missing")
+
     def prep(frame: pd.DataFrame) -> pd.DataFrame:
         f = frame[[c for c in ("contact_id", "band", "score", "probability") if c in frame]].copy()
         for c in ("score", "probability"):
@@ -495,34 +522,54 @@ def compare_previous(current: pd.DataFrame, previous: pd.DataFrame) -> tuple[pd.
         f["contact_id"] = f["contact_id"].astype(str)
         return f.drop_duplicates("contact_id", keep="last")
 
-    cur, prev = prep(current), prep(previous)
-    both = cur.merge(prev, on="contact_id", how="inner", suffixes=("_after", "_before"))
-    r_after = both["band_after"].map(_BAND_RANK).to_numpy(dtype="float64", na_value=np.nan)
-    r_before = both["band_before"].map(_BAND_RANK).to_numpy(dtype="float64", na_value=np.nan)
-    up = r_after < r_before
-    down = r_after > r_before
-    moved = both.loc[up | down].copy()
-    moved["direction"] = np.where(up[up | down], "up", "down")
-    moved["into_a"] = (moved["band_after"] == "A").to_numpy() & (moved["direction"] == "up").to_numpy()
-    delta = (moved["score_after"].astype("float64") - moved["score_before"].astype("float64")).abs()
-    moved = (moved.assign(_order=np.where(moved["into_a"], 0, np.where(moved["direction"] == "up", 1, 2)),
-                          _delta=-delta.fillna(0))
-             .sort_values(["_order", "_delta", "contact_id"], kind="stable")
-             .drop(columns=["_order", "_delta"]))
+    cur, prev_all = prep(current), prep(previous)
+    prev = prev_all.loc[prev_all["band"].isin(schema.BANDS)]  # no band: not scored then
+    j = cur.merge(prev, on="contact_id", how="left", suffixes=("_after", "_before"), indicator=True)
+    is_new = (j.pop("_merge") == "left_only").to_numpy()
+    r_after = j["band_after"].map(_BAND_RANK).to_numpy(dtype="float64", na_value=np.nan)
+    r_before = j["band_before"].map(_BAND_RANK).to_numpy(dtype="float64", na_value=np.nan)
+    up = ~is_new & (r_after < r_before)
+    down = ~is_new & (r_after > r_before)
+    keep = up | down | is_new
+    moved = j.loc[keep].copy()
+    direction = np.where(up, "up", np.where(down, "down", "new"))[keep]
+    moved["direction"] = direction
+    moved["into_a"] = (moved["band_after"] == "A").to_numpy() & (direction != "down")
+    after = moved["score_after"].astype("float64")
+    delta = (after - moved["score_before"].astype("float64")).abs()
+    rank = np.select([moved["into_a"] & (direction == "up"), moved["into_a"],
+                      direction == "up", direction == "new"], [0, 1, 2, 3], 4)
+    moved = (moved.assign(_order=rank, _delta=-delta.fillna(0), _score=-after.fillna(-1))
+             .sort_values(["_order", "_delta", "_score", "contact_id"], kind="stable")
+             .drop(columns=["_order", "_delta", "_score"]))
     movers = moved[list(MOVER_COLUMNS)].reset_index(drop=True)
-    ids_cur, ids_prev = set(cur["contact_id"]), set(prev["contact_id"])
+    movers = movers.astype({"contact_id": object, "direction": object, "into_a": bool,
+                            "band_before": object, "band_after": object})
+    for c in ("band_before", "band_after"):
+        movers[c] = movers[c].where(movers[c].notna(), None)
+    for c in ("score_before", "score_after"):
+        movers[c] = pd.to_numeric(movers[c], errors="coerce").round().astype("Int64")
+    for c in ("probability_before", "probability_after"):
+        movers[c] = pd.to_numeric(movers[c], errors="coerce").astype("float64")
+    new_a = int((movers["into_a"] & (movers["direction"] == "new")).sum())
     counts = {
-        "previous_rows": len(prev),
+        "previous_rows": len(prev_all),
         "bands_before": {b: int((prev["band"] == b).sum()) for b in schema.BANDS},
         "bands_after": {b: int((cur["band"] == b).sum()) for b in schema.BANDS},
         "up": int(up.sum()),
         "down": int(down.sum()),
         "into_a": int(movers["into_a"].sum()),
-        "unchanged": int(len(both) - up.sum() - down.sum()),
-        "new": len(ids_cur - ids_prev),
-        "gone": len(ids_prev - ids_cur),
+        "new_a": new_a,
+        "unchanged": int(len(j) - keep.sum()),
+        "new": int(is_new.sum()),
+        "gone": len(set(prev["contact_id"]) - set(cur["contact_id"])),
     }
     return movers, counts
+
+
+def movers_table(movers: pd.DataFrame) -> pa.Table:
+    """The movers as :data:`MOVERS_SCHEMA` (the same types with no mover, or only new ones)."""
+    return pa.Table.from_pandas(movers[list(MOVER_COLUMNS)], schema=MOVERS_SCHEMA, preserve_index=False)
 
 
 def _ts_us(ts: pd.Timestamp) -> np.datetime64:
@@ -571,6 +618,8 @@ class Workspace:
         self.events = self.prep / "events"
         self.chunks = self.area / "chunks"
         self._lock: Any = None
+        self.manifest_written = False  # by this run (not an interrupted one's)
+        self.resumed = False  # this run continues an interrupted run's work
 
     def exists(self) -> bool:
         return self.manifest_path.exists()
@@ -596,6 +645,7 @@ class Workspace:
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_text_atomic(self.manifest_path, json.dumps(manifest, indent=1, default=str))
+        self.manifest_written = True
 
     def prepared(self) -> dict[str, Any] | None:
         p = self.prep / "done.json"
@@ -681,8 +731,8 @@ def _check_options(opts: BatchOptions) -> None:
         raise ValueError(f"reasons: expected one of {', '.join(REASON_MODES)}, got {opts.reasons!r}")
     if opts.chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    if opts.previous is not None and not Path(opts.previous).exists():
-        raise FileNotFoundError(f"--previous: {opts.previous} does not exist")
+    if opts.previous is not None:
+        check_previous(Path(opts.previous))
     if Path(opts.out).is_dir() and opts.engine == "local":
         raise FileExistsError(f"--out {opts.out} is a directory; give a file name")
 
@@ -783,11 +833,14 @@ def run_batch(opts: BatchOptions, *, console: Any | None = None, workers: int | 
     ws.lock()
     try:
         summary = _run_local(opts, ws, console=console, workers=workers, scorer=scorer)
-    except (ValueError, FileNotFoundError, FileExistsError):
-        # bad input or options: nothing worth resuming (unless an earlier run's work is there)
-        if not (ws.exists() and opts.resume) and not _foreign_work(ws):
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if _work_is_void(ws, e):
             ws.remove()
-        ws.unlock()
+        else:
+            ws.unlock()
+            if ws.manifest_written or ws.resumed:
+                e.add_note(f"the work done so far is kept in {ws.root}: "
+                           "run the same command with --resume to continue it")
         raise
     except BaseException:
         ws.unlock()  # a crash: the work stays for --resume
@@ -796,9 +849,19 @@ def run_batch(opts: BatchOptions, *, console: Any | None = None, workers: int | 
     return summary
 
 
-def _foreign_work(ws: Workspace) -> bool:
-    """Whether the work directory holds an earlier interrupted run (which we must not delete)."""
-    return ws.exists() and ws.manifest().get("pid") != os.getpid()
+def _work_is_void(ws: Workspace, error: BaseException) -> bool:
+    """Whether a run that failed with ``error`` leaves nothing worth resuming.
+
+    Before this run wrote its manifest (bad options, a scorer that cannot be resumed, ...)
+    nothing of its own is there; an earlier run's work is never deleted. Once the manifest is
+    written the work stays for ``--resume`` (a bad ``--previous`` found at assembly, after all
+    the scoring, must not cost the scoring), except when the inputs themselves turn out bad
+    while they are prepared (:class:`DataError`): they must change, and ``--resume`` refuses
+    changed inputs, so that work could never be used.
+    """
+    if not ws.manifest_written:
+        return not ws.exists()
+    return isinstance(error, DataError) and not ws.resumed and ws.prepared() is None
 
 
 def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, workers: int,
@@ -813,7 +876,7 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
         old = ws.manifest()
         if opts.resume:
             _check_resumable(old, inputs, opts, as_of_opt)
-            resumed = True
+            resumed = ws.resumed = True
             manifest = old
             say(console, f"resuming the interrupted run of {old['started']} "
                           f"({len(ws.done_chunks())} chunks already committed)")
@@ -1003,9 +1066,11 @@ def _assemble(opts: BatchOptions, ws: Workspace, prep: dict[str, Any], n_buckets
             movers, counts_prev = compare_previous(current, previous)
             del current, previous
             summary.previous = counts_prev
-            write_parquet_atomic(pa.Table.from_pandas(movers, preserve_index=False), movers_path)
+            write_parquet_atomic(movers_table(movers), movers_path)
         replace_path(tmp_rej, rejects_path)
         replace_path(tmp_out, out)  # the commit
+        if movers_path is None:
+            _remove(companion(out, "movers"))  # an earlier run's movers: not about these scores
     finally:
         for t in (tmp_out, tmp_rej):
             _remove(t)
@@ -1094,8 +1159,10 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
             current = pd.read_parquet(tmp_out, columns=["contact_id", "band", "score", "probability"])
             movers, summary.previous = compare_previous(current, read_previous(Path(opts.previous)))
             summary.movers_path = companion(out, "movers")
-            write_parquet_atomic(pa.Table.from_pandas(movers, preserve_index=False), summary.movers_path)
+            write_parquet_atomic(movers_table(movers), summary.movers_path)
         os.replace(tmp_out, out)  # the commit
+        if summary.movers_path is None:
+            _remove(companion(out, "movers"))  # an earlier run's movers: not about these scores
     finally:
         if tmp_out.exists():
             tmp_out.unlink()
@@ -1106,16 +1173,34 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
     return summary
 
 
-def read_previous(path: Path) -> pd.DataFrame:
-    """The previous night's scores (a Parquet file or directory): id, band, score, probability."""
+def _previous_dataset(path: Path) -> tuple[Any, list[str]]:
+    """The previous scores as an Arrow dataset, and the columns :func:`read_previous` reads."""
     import pyarrow.dataset as pa_ds
 
+    if not path.exists():
+        raise FileNotFoundError(f"--previous: {path} does not exist")
     try:
         ds = pa_ds.dataset(path, format="parquet")
-        cols = [c for c in ("contact_id", "band", "score", "probability") if c in ds.schema.names]
-        for c in ("contact_id", "band"):
-            if c not in cols:
-                raise ValueError(f"--previous {path.name}: required column {c!r} is missing")
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"--previous: cannot read {path.name} as Parquet (the scores of an earlier "
+                        f"`leadscore score`): {safe_reason(e)}") from None
+    cols = [c for c in ("contact_id", "band", "score", "probability") if c in ds.schema.names]
+    for c in ("contact_id", "band"):
+        if c not in cols:
+            raise DataError(f"--previous {path.name}: required column {c!r} is missing")
+    return ds, cols
+
+
+def check_previous(path: Path) -> None:
+    """Fail early (before any work) when ``--previous`` is not a readable score table: only
+    its schema is read."""
+    _previous_dataset(path)
+
+
+def read_previous(path: Path) -> pd.DataFrame:
+    """The previous night's scores (a Parquet file or directory): id, band, score, probability."""
+    ds, cols = _previous_dataset(path)
+    try:
         return ds.to_table(columns=cols).to_pandas()
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"--previous: cannot read {path.name}: {safe_reason(e)}") from None

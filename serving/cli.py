@@ -48,7 +48,7 @@ def score(
     try:
         summary = run_batch(opts, console=console)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        fail(str(e))
+        fail("\n".join([str(e), *getattr(e, "__notes__", ())]))
     summary.print(console)
 
 
@@ -76,12 +76,23 @@ def report(
     previous: Annotated[Optional[Path], typer.Option("--previous", help="Previous scores, for new A leads.")] = None,
     target: Annotated[int, typer.Option("--target-opportunities", help="Sales goal, to work back leads needed.")] = 100,
     until: Annotated[Optional[str], typer.Option("--until", help="Export date of the data.")] = None,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
 ) -> None:
     """Funnel KPIs, score quality, service level and drift as a self-contained HTML report."""
-    from serving.report import report_command
+    from rich.markup import escape
 
-    path = report_command(data=data, out=out, scores=scores, previous=previous,
-                          target_opportunities=target, until=until)
+    from serving.report import report_command, report_scorer
+
+    scorer = report_scorer(None, workdir)
+    if scorer.scorer != "model":
+        console.print(f"[bold yellow]warning:[/] no champion model ({escape(str(scorer.info().get('reason')))}): "
+                      "the backtest is scored by the rule scorer, labelled 'rules' in the report "
+                      "(--workdir: the directory of the MLflow store)", highlight=False)
+    try:
+        path = report_command(data=data, out=out, scores=scores, previous=previous,
+                              target_opportunities=target, until=until, scorer=scorer)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
     console.print(f"report written to {path}")
 
 
@@ -103,5 +114,5 @@ def demo(
     console.rule("3/4 batch rescoring")
     score(out=Path("scores.parquet"), data=Path("data"), overwrite=True, workdir=Path("."))
     console.rule("4/4 report")
-    report(data=Path("data"), out=Path("report"), scores=Path("scores.parquet"))
+    report(data=Path("data"), out=Path("report"), scores=Path("scores.parquet"), workdir=Path("."))
     console.print(f"[bold green]done[/]: {Path.cwd()} (mlflow ui --backend-store-uri sqlite:///mlflow.db)")

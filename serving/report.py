@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -263,15 +264,17 @@ def _plot_velocity(velocity: pd.DataFrame) -> str | None:
     return _img(fig, "Median and 90th percentile of days spent in each stage")
 
 
-def _plot_deciles(q: kpis.ScoreQuality, positive_rate: float) -> str:
+def _color(scorer: str) -> str:
+    return _COLORS.get(scorer, _COLORS["model"])
+
+
+def _plot_deciles(q: kpis.ScoreQuality, positive_rate: float, label: str = "model") -> str:
     fig, ax = _new_figure(9, 4.0)
     d = q.deciles
     x = d["decile"].to_numpy()
     width = 0.4 if q.rules_deciles is not None else 0.7
     shift = width / 2 if q.rules_deciles is not None else 0.0
-    ax.bar(
-        x - shift, 100 * d["conversion_rate"], width=width, color=_COLORS["model"], label="model"
-    )
+    ax.bar(x - shift, 100 * d["conversion_rate"], width=width, color=_color(label), label=label)
     if q.rules_deciles is not None:
         ax.bar(
             x + shift,
@@ -296,16 +299,16 @@ def _plot_deciles(q: kpis.ScoreQuality, positive_rate: float) -> str:
     return _img(fig, "Conversion rate per score decile")
 
 
-def _plot_gain_lift(q: kpis.ScoreQuality) -> str:
+def _plot_gain_lift(q: kpis.ScoreQuality, label: str = "model") -> str:
     fig, (ax1, ax2) = _new_figure(10, 4.2, ncols=2)
-    curves = [("model", q.deciles)]
+    curves = [(label, q.deciles)]
     if q.rules_deciles is not None:
         curves.append(("rules", q.rules_deciles))
     for name, d in curves:
         n = d["count"].sum()
         frac = np.concatenate([[0.0], np.cumsum(d["count"]) / max(n, 1)])
         gain = np.concatenate([[0.0], d["cumulative_recall"].fillna(0).to_numpy()])
-        ax1.plot(100 * frac, 100 * gain, marker="o", markersize=3, color=_COLORS[name], label=name)
+        ax1.plot(100 * frac, 100 * gain, marker="o", markersize=3, color=_color(name), label=name)
     ax1.plot([0, 100], [0, 100], linestyle="--", color=_COLORS["random"], label="random")
     ax1.set_title("Cumulative gain")
     ax1.set_xlabel("contacts called, best scores first (%)")
@@ -318,7 +321,7 @@ def _plot_gain_lift(q: kpis.ScoreQuality) -> str:
     width = 0.4 if len(curves) > 1 else 0.7
     for i, (name, d) in enumerate(curves):
         off = (i - (len(curves) - 1) / 2) * width
-        ax2.bar(d["decile"] + off, d["lift"], width=width, color=_COLORS[name], label=name)
+        ax2.bar(d["decile"] + off, d["lift"], width=width, color=_color(name), label=name)
     ax2.axhline(1.0, color=_COLORS["random"], linestyle="--", linewidth=1, label="random (1×)")
     ax2.set_xticks(q.deciles["decile"])
     ax2.set_title("Lift by score decile")
@@ -329,9 +332,9 @@ def _plot_gain_lift(q: kpis.ScoreQuality) -> str:
     return _img(fig, "Cumulative gain curve and lift per decile")
 
 
-def _plot_calibration(q: kpis.ScoreQuality) -> str:
+def _plot_calibration(q: kpis.ScoreQuality, label: str = "model") -> str:
     fig, ax = _new_figure(6.2, 5.2)
-    curves = [("model", q.reliability)]
+    curves = [(label, q.reliability)]
     if q.rules_reliability is not None:
         curves.append(("rules", q.rules_reliability))
     top = 0.0
@@ -341,7 +344,7 @@ def _plot_calibration(q: kpis.ScoreQuality) -> str:
             100 * r["observed_rate"],
             marker="o",
             markersize=4,
-            color=_COLORS[name],
+            color=_color(name),
             label=name,
         )
         top = max(top, float(r["mean_predicted"].max()), float(r["observed_rate"].max()))
@@ -372,7 +375,7 @@ def _plot_model_vs_rules(metrics: pd.DataFrame) -> str:
     width = 0.8 / len(metrics)
     for i, row in enumerate(metrics.itertuples(index=False)):
         vals = [getattr(row, k) for k, _ in names]
-        color = _COLORS.get(row.scorer, "#555555")
+        color = _color(row.scorer)
         bars = ax1.bar(
             x + (i - (len(metrics) - 1) / 2) * width,
             vals,
@@ -473,6 +476,31 @@ def _plot_psi(table: pd.DataFrame, warn: float, alert: float) -> str:
 # ---------------------------------------------------------------------------
 # the report
 # ---------------------------------------------------------------------------
+
+
+def scorer_label(scores: pd.DataFrame) -> str:
+    """Which scorer produced ``scores``, from their ``scorer`` column: ``model``, ``rules``, or
+    ``model+rules`` when the model failed on part of them (scores with no such column are taken
+    to be a model's)."""
+    if "scorer" not in scores.columns:
+        return "model"
+    names = sorted({str(v) for v in scores["scorer"].dropna().unique()})
+    if not names:
+        return "model"
+    if len(names) == 1:
+        return names[0]
+    return "model+rules" if set(names) == {"model", "rules"} else "+".join(names)
+
+
+def _scorer_words(scores: pd.DataFrame) -> str:
+    """"model lead-scoring v7" / "the rule scorer", for a sentence."""
+    label = scorer_label(scores)
+    if label == "rules":
+        return "the rule scorer (no model was available)"
+    if label == "model" and {"model_name", "model_version"} <= set(scores.columns) and len(scores):
+        name, version = scores["model_name"].iloc[0], scores["model_version"].iloc[0]
+        return f"the model {name} v{version}"
+    return "the model" if label == "model" else f"the scorers {label}"
 
 
 @dataclass
@@ -703,12 +731,22 @@ def build_report(
 
         doc.add("<h2>Score quality</h2>")
         if backtest is not None:
+            when = (pd.Timestamp(backtest["as_of"].iloc[0]).date()
+                    if "as_of" in backtest and len(backtest) else "the last complete date")
             doc.add(_p(
-                "Measured on a backtest: the base as it was on "
-                f"{pd.Timestamp(backtest['as_of'].iloc[0]).date() if 'as_of' in backtest and len(backtest) else 'the last complete date'}"
-                ", scored by the same model, against the outcomes observed over the following horizon."
+                f"Measured on a backtest: the base as it was on {when}, scored by "
+                f"{_scorer_words(backtest)}, against the outcomes observed over the following "
+                "horizon."
             ))
             scores = backtest
+        label = scorer_label(scores)
+        if label == "rules":
+            doc.add(_absent(
+                "The rule scorer answered, not a model (no champion model was available), so "
+                "every score-quality table and chart below is the rule scorer's."
+            ))
+            # the rules compared with themselves would say nothing
+            scores = scores.drop(columns=["rules_probability"], errors="ignore")
         if "converted" not in scores.columns:
             doc.add(
                 _absent(
@@ -719,6 +757,7 @@ def build_report(
             )
         else:
             quality = kpis.score_quality(scores)
+            quality.metrics.loc[0, "scorer"] = label  # the first row is the scores' own
             doc.csv("score_deciles.csv", quality.deciles)
             doc.csv("score_bands.csv", quality.bands)
             doc.csv("score_metrics.csv", quality.metrics)
@@ -727,17 +766,23 @@ def build_report(
                 doc.csv("rules_deciles.csv", quality.rules_deciles)
             model = quality.metrics.iloc[0]
             cards.append(_card("positive rate", _pct(model["positive_rate"])))
-            cards.append(_card("AUC (model)", _num(model["roc_auc"], 3)))
+            cards.append(_card(f"AUC ({label})", _num(model["roc_auc"], 3)))
             doc.add(
                 "<h3>Conversion by score decile</h3>",
-                _plot_deciles(quality, float(model["positive_rate"])),
+                _plot_deciles(quality, float(model["positive_rate"]), label),
                 _table(quality.deciles),
             )
-            doc.add("<h3>Gain and lift</h3>", _plot_gain_lift(quality))
-            doc.add("<h3>Calibration</h3>", _plot_calibration(quality), _table(quality.reliability))
+            doc.add("<h3>Gain and lift</h3>", _plot_gain_lift(quality, label))
+            doc.add(
+                "<h3>Calibration</h3>",
+                _plot_calibration(quality, label),
+                _table(quality.reliability),
+            )
             doc.add("<h3>Conversion by band</h3>", _table(quality.bands))
             doc.add("<h3>Model vs rules</h3>")
-            if quality.rules_deciles is None:
+            if label == "rules":
+                doc.add(_absent("The scores are the rule scorer's: there is no model to compare."))
+            elif quality.rules_deciles is None:
                 doc.add(
                     _absent(
                         "No rule-scorer probability (rules_probability) came with the "
@@ -812,19 +857,57 @@ PSI_FEATURES: tuple[str, ...] = (
 )
 
 
+def tracking_store_exists(workdir: Path) -> bool:
+    """Whether there is a tracking store to read a model from: a team's server
+    (``MLFLOW_TRACKING_URI``) or the embedded store (``mlflow.db``) in ``workdir``."""
+    from training import tracking
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri not in getattr(tracking, "_EMBEDDED_URIS", set()):
+        return True  # the user's choice: configure_tracking uses it whatever the workdir
+    return (Path(workdir) / "mlflow.db").is_file()
+
+
+def report_scorer(model_uri: str | None = None, workdir: Path | None = None) -> Any:
+    """The scorer of the report's backtest: the champion (or ``model_uri``) of the tracking
+    store of ``workdir`` (as ``leadscore score --workdir``: :func:`training.tracking.
+    configure_tracking`), the rule scorer when there is none or it does not load.
+
+    A report only reads: where there is no store (no ``MLFLOW_TRACKING_URI``, no ``mlflow.db``
+    in ``workdir``) none is created, and the rule scorer answers (``reason`` says why).
+    ``workdir=None``: the tracking URI already configured in this process.
+    """
+    from training.model import RulesOnly
+    from training.registry import load_scorer
+    from training.rules import RuleScorer
+    from training.tracking import configure_tracking
+
+    registry = model_uri is None or model_uri.startswith("models:/")
+    if workdir is not None and registry:
+        if not tracking_store_exists(workdir):
+            return RulesOnly(RuleScorer(), reason=f"no MLflow store (mlflow.db) in {Path(workdir).resolve()}")
+        configure_tracking(workdir)
+    return load_scorer(model_uri)
+
+
 def report_command(
     *, data: Path, out: Path, scores: Path | None = None, previous: Path | None = None,
     target_opportunities: float = 100, until: str | None = None, model_uri: str | None = None,
+    workdir: Path | None = None, scorer: Any | None = None,
 ) -> Path:
     """Everything ``leadscore report`` does: load the base, backtest the scorer at the last
     as-of date whose outcomes are known, compare feature distributions between that date
-    (what the champion was evaluated on) and today, and render the report."""
+    (what the champion was evaluated on) and today, and render the report.
+
+    The backtest is scored by ``scorer``, else by :func:`report_scorer` (``model_uri``,
+    ``workdir``); its rows, tables and charts are labelled with the scorer that answered
+    (``rules`` when no model was available)."""
     from features.build import Snapshotter, monthly_as_of_dates
     from features.loading import load_base
-    from training.registry import load_scorer
 
     base = load_base(data, until=until)
-    scorer = load_scorer(model_uri)
+    if scorer is None:
+        scorer = report_scorer(model_uri, workdir)
     snap = Snapshotter(base.contacts, base.events, base.stages, scorer.feature_config)
     current = snap.features_at(base.until)
     backtest = reference = None

@@ -344,21 +344,111 @@ def test_rule_scorer_answers_without_a_model(demo: Path, tmp_path: Path) -> None
     assert got["probability"].between(0, 1).all()
 
 
+def test_previous_that_is_not_parquet_fails_before_any_work(demo: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.batch as B
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("the chunks were scored before --previous was checked")
+
+    monkeypatch.setattr(B, "execute", no_scoring)
+    prev = tmp_path / "prev.csv"
+    pd.DataFrame({"contact_id": ["C1"], "band": ["A"]}).to_csv(prev, index=False)
+    out = tmp_path / "out" / "p1.parquet"
+    code, output = _cli(["score", "--data", str(demo / "data"), "--out", str(out),
+                         "--previous", str(prev), "--workdir", str(demo)])
+    text = " ".join(output.split())
+    assert code == 2 and "--previous: cannot read prev.csv as Parquet" in text, output
+    assert "Traceback" not in output
+    assert not out.exists()
+    if out.parent.exists():
+        _no_leftovers(out)  # failed before the manifest: no work directory left behind
+    no_band = tmp_path / "no_band.parquet"
+    pd.DataFrame({"contact_id": ["C1"]}).to_parquet(no_band)
+    with pytest.raises(DataError, match="required column 'band' is missing"):
+        run_batch(_opts(demo, out, previous=no_band), workers=1)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_batch(_opts(demo, out, previous=tmp_path / "nope.parquet"), workers=1)
+    assert not Workspace(out.absolute()).root.exists()
+
+
+def test_late_error_keeps_the_work_for_resume(demo: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error at assembly, after every chunk is scored, keeps the work: --resume finishes."""
+    import serving.batch as B
+
+    ref = tmp_path / "ref.parquet"
+    run_batch(_opts(demo, ref, chunk_size=1000), workers=1)
+    read_previous = B.read_previous
+
+    def unreadable(path):
+        raise DataError("--previous: cannot read prev.parquet: a truncated row group")
+
+    monkeypatch.setattr(B, "read_previous", unreadable)
+    monkeypatch.setenv("LEADSCORE_WORKERS", "1")
+    out = tmp_path / "p1.parquet"
+    code, output = _cli(["score", "--data", str(demo / "data"), "--out", str(out), "--chunk-size",
+                         "1000", "--previous", str(ref), "--workdir", str(demo)])
+    text = " ".join(output.split())
+    assert code == 2 and "a truncated row group" in text and "--resume" in text, output
+    ws = Workspace(out.absolute())
+    assert not out.exists() and ws.exists() and ws.prepared() is not None
+    n_chunks = ws.prepared()["n_buckets"]
+    assert len(ws.done_chunks()) == n_chunks > 1
+
+    monkeypatch.setattr(B, "read_previous", read_previous)
+    summary = run_batch(_opts(demo, out, previous=ref, resume=True, chunk_size=1000), workers=1)
+    assert summary.chunks_resumed == n_chunks  # nothing scored twice
+    a, b = _frame(ref), _frame(out)
+    cols = [c for c in a.columns if c != "scored_at"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert summary.previous["unchanged"] == len(a) and summary.previous["into_a"] == 0
+    _no_leftovers(out)
+
+
+def test_csv_row_with_too_many_fields_is_reported_without_its_values(
+        demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _copy_data(demo, tmp_path / "data")
+    contacts = pd.read_parquet(data / "contacts.parquet")
+    (data / "contacts.parquet").unlink()
+    contacts.to_csv(data / "contacts.csv", index=False)
+    lines = (data / "contacts.csv").read_text().splitlines()
+    bad_line = 53
+    row = lines[bad_line - 1]
+    values = [v for v in row.split(",") if len(v) >= 5]
+    lines[bad_line - 1] = row + ",priya.kowalski@sigmaworks.example,Sigmaworks LLC"
+    (data / "contacts.csv").write_text("\n".join(lines) + "\n")
+    header = len(lines[0].split(","))
+    monkeypatch.setenv("LEADSCORE_WORKERS", "1")
+    out = tmp_path / "out" / "scores.parquet"
+    code, output = _cli(["score", "--data", str(data), "--out", str(out), "--workdir", str(demo)])
+    text = " ".join(output.split())
+    assert code == 2, output
+    assert (f"contacts: cannot read contacts.csv: line {bad_line} has {header + 2} columns, "
+            f"the header {header}") in text, output
+    leaked = [v for v in [*values, "priya.kowalski", "Sigmaworks"] if v in output]
+    assert not leaked, output
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------------------
 # What changed since last night
 # ---------------------------------------------------------------------------
 
 
 def test_previous_scores_give_movers(demo: Path, tmp_path: Path) -> None:
+    from serving.kpis import service_level
+
     first = tmp_path / "monday.parquet"
     run_batch(_opts(demo, first), workers=1)
     prev = _frame(first)
     into_a = prev.loc[prev["band"] == "A", "contact_id"].head(3).tolist()
+    new_a = prev.loc[prev["band"] == "A", "contact_id"].iloc[3:5].tolist()
     fell = prev.loc[prev["band"] == "D", "contact_id"].head(2).tolist()
     new = prev.loc[prev["band"] == "C", "contact_id"].head(4).tolist()
     prev.loc[prev["contact_id"].isin(into_a), "band"] = "C"
     prev.loc[prev["contact_id"].isin(fell), "band"] = "A"
-    prev = prev[~prev["contact_id"].isin(new)]
+    prev = prev[~prev["contact_id"].isin(new + new_a)]
     prev = pd.concat([prev, prev.head(1).assign(contact_id="GONE-1")], ignore_index=True)
     previous = tmp_path / "previous.parquet"
     prev.to_parquet(previous)
@@ -366,14 +456,30 @@ def test_previous_scores_give_movers(demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuesday.parquet"
     summary = run_batch(_opts(demo, out, previous=previous), workers=1)
     p = summary.previous
-    assert (p["into_a"], p["up"], p["down"], p["new"], p["gone"]) == (3, 3, 2, 4, 1)
+    assert (p["into_a"], p["new_a"], p["up"], p["down"], p["new"], p["gone"]) == (5, 2, 3, 2, 6, 1)
     assert p["bands_before"]["A"] == (prev["band"] == "A").sum()
     assert p["bands_after"] == summary.bands
+    # the report counts the same new A leads
+    assert p["into_a"] == service_level(_frame(out), prev)["new_a"].iloc[0]
     movers = _frame(summary.movers_path)
-    assert movers["contact_id"].tolist()[:3] != [] and set(movers["contact_id"][:3]) == set(into_a)
-    assert movers["into_a"].tolist() == [True] * 3 + [False] * 2
+    assert movers["direction"].tolist() == ["up"] * 3 + ["new"] * 2 + ["new"] * 4 + ["down"] * 2
+    assert set(movers["contact_id"][:3]) == set(into_a) and set(movers["contact_id"][3:5]) == set(new_a)
+    assert movers["into_a"].tolist() == [True] * 5 + [False] * 6
+    assert (movers["band_after"][:5] == "A").all()
+    new_rows = movers.loc[movers["direction"] == "new"]
+    assert set(new_rows["contact_id"]) == set(new + new_a)
+    assert new_rows[["band_before", "score_before", "probability_before"]].isna().all().all()
     assert set(movers.loc[movers["direction"] == "down", "contact_id"]) == set(fell)
     assert (movers.loc[movers["direction"] == "down", "band_before"] == "A").all()
+    schema = pq.read_schema(summary.movers_path)
+    assert str(schema.field("score_before").type) == "int64"
+    assert str(schema.field("band_before").type) == "string"
+
+    # rerun without --previous: the movers beside the output were last night's; they go
+    summary = run_batch(_opts(demo, out, overwrite=True), workers=1)
+    assert summary.movers_path is None and summary.previous is None
+    assert not out.with_name("tuesday.movers.parquet").exists()
+    _no_leftovers(out)
 
 
 def test_compare_previous_without_scores_columns() -> None:
@@ -384,6 +490,24 @@ def test_compare_previous_without_scores_columns() -> None:
     assert counts["into_a"] == 1 and counts["down"] == 1
     with pytest.raises(ValueError, match="band"):
         compare_previous(cur, prev.drop(columns="band"))
+
+
+def test_new_contacts_are_movers_and_new_a_matches_the_report() -> None:
+    from serving.kpis import service_level
+
+    cur = pd.DataFrame({"contact_id": list("abcdefg"), "band": list("AAACDAB"),
+                        "score": [90, 95, 91, 40, 10, 93, 60]})
+    # a: B->A up; b: stays A; c: new in A; d: A->C down; e: new in D; f: was scored without a
+    # band (not scored then): new in A; g: new in B; z: gone
+    prev = pd.DataFrame({"contact_id": list("abdfz"), "band": ["B", "A", "A", None, "C"],
+                         "score": [70, 95, 90, None, 50]})
+    movers, counts = compare_previous(cur, prev)
+    assert movers["contact_id"].tolist() == ["a", "f", "c", "g", "e", "d"]
+    assert movers["direction"].tolist() == ["up", "new", "new", "new", "new", "down"]
+    assert movers["into_a"].tolist() == [True, True, True, False, False, False]
+    assert (counts["into_a"], counts["new_a"], counts["new"], counts["up"], counts["down"],
+            counts["unchanged"], counts["gone"]) == (3, 2, 4, 1, 1, 1, 1)
+    assert counts["into_a"] == service_level(cur, prev)["new_a"].iloc[0]
 
 
 # ---------------------------------------------------------------------------

@@ -269,3 +269,75 @@ def test_report_renders_in_chromium(full_report, tmp_path):
     assert blue > 5_000
     # and the page is not mostly blank
     assert (rgb.min(axis=2) < 200).mean() > 0.05
+
+
+# ---------------------------------------------------------------------------
+# Which scorer answered: labels, the --workdir store, the rule-scorer fallback
+# ---------------------------------------------------------------------------
+
+
+def test_rule_scores_are_labelled_rules(tmp_path):
+    b = _base(n=200, seed=2)
+    scores = b["scores"].assign(scorer="rules")
+    path = build_report(b["contacts"], b["stages"], scores=scores, out_dir=tmp_path)
+    html = path.read_text(encoding="utf-8")
+    metrics = pd.read_csv(tmp_path / "score_metrics.csv")
+    assert list(metrics["scorer"]) == ["rules"]  # not "model", and not compared with itself
+    assert '<div class="k">AUC (rules)</div>' in html and "AUC (model)" not in html
+    assert "The rule scorer answered, not a model" in html
+    assert not (tmp_path / "rules_deciles.csv").exists()
+
+
+def _report_cli(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from serving.cli import app
+
+    result = CliRunner().invoke(app, ["report", *args])
+    return result.exit_code, result.output + (repr(result.exception) if result.exception else "")
+
+
+def _model_scores(contacts: pd.DataFrame, path: Path) -> Path:
+    """Scores as a model run writes them (only what the report reads)."""
+    ids = contacts["contact_id"].astype(str).head(100)
+    pd.DataFrame({"contact_id": ids, "probability": 0.5, "score": 50, "band": "A",
+                  "scorer": "model"}).to_parquet(path)
+    return path
+
+
+def test_report_without_a_store_says_rules_and_creates_none(tmp_path, monkeypatch, clean_env):
+    from features.synthetic import generate, write_tables
+
+    tables = generate(1200, seed=5)
+    write_tables(tables, tmp_path / "data")
+    scores = _model_scores(tables["contacts"], tmp_path / "scores.parquet")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, output = _report_cli(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                                "--scores", str(scores)])
+    text = " ".join(output.split())
+    assert code == 0, output
+    assert "warning: no champion model (no MLflow store (mlflow.db) in" in text
+    assert "rule scorer" in text
+    metrics = pd.read_csv(tmp_path / "r" / "score_metrics.csv")
+    assert list(metrics["scorer"]) == ["rules"]
+    html = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "scored by the rule scorer" in html and "AUC (rules)" in html
+    assert not list(elsewhere.iterdir())  # no empty mlflow.db (nor mlartifacts) created here
+
+
+def test_report_reads_the_champion_of_workdir(tmp_path, monkeypatch, store, trained):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    scores = _model_scores(trained.base.contacts, tmp_path / "scores.parquet")
+    code, output = _report_cli(["--data", str(trained.data_dir), "--out", str(tmp_path / "r"),
+                                "--scores", str(scores), "--workdir", str(store)])
+    assert code == 0, output
+    assert "warning" not in output
+    metrics = pd.read_csv(tmp_path / "r" / "score_metrics.csv")
+    assert list(metrics["scorer"]) == ["model", "rules"]
+    html = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
+    assert "scored by the model lead-scoring v1" in html
+    assert not list(elsewhere.iterdir())
