@@ -2,11 +2,13 @@
 
 A :class:`Snapshotter` encodes contacts, events and stage changes once; ``features_at(T)``
 then builds the feature row of every contact as it was known at ``T`` (only events and stage
-changes with timestamps ``<= T``), and ``labels_at(T)`` tells who reached opportunity within
-the horizon after ``T``. :func:`build_features` (batch) and :func:`build_training_set`
-(many as-of dates) go through it; :func:`lead_feature_columns` (the HTTP service) and
-:func:`features_for_leads` (the MLflow pyfunc) encode a few leads from plain values and run
-the same kernels (:func:`snapshot_columns`).
+changes with timestamps ``<= T``; attributes are those of the contact's record, which hygiene
+fills only from duplicates created at the same instant; ``do_not_email`` is dated by the
+unsubscribe it traces, :func:`do_not_email_at`), and ``labels_at(T)`` tells who reached
+opportunity within the horizon after ``T``. :func:`build_features` (batch) and
+:func:`build_training_set` (many as-of dates) go through it; :func:`lead_feature_columns`
+(the HTTP service) and :func:`features_for_leads` (the MLflow pyfunc) encode a few leads
+from plain values and run the same kernels (:func:`snapshot_columns`).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def snapshot_columns(
     days_in_stage = np.where(np.isnan(life["days_in_stage"]), age, life["days_in_stage"])
     columns: dict[str, Any] = {
         **fit,
+        "do_not_email": do_not_email_at(fit["do_not_email"], events, eng["unsubscribed"], t.value),
         "contact_age_days": age,
         "stage": life["stage"],
         "days_in_stage": days_in_stage,
@@ -138,6 +141,34 @@ def snapshot_columns(
     }
     keep = (age >= 0) & scorable(life["stage_code"]) if eligibility else None
     return columns, keep
+
+
+_UNSUBSCRIBE = schema.ENGAGEMENT_TYPES.index("unsubscribe")
+
+
+def do_not_email_at(flag: np.ndarray, events: EventArrays, unsubscribed: np.ndarray,
+                    as_of_ns: int) -> np.ndarray:
+    """The ``do_not_email`` feature at an as-of date: the contact's flag as known then.
+
+    The flag is the state at the export. When the contact has unsubscribe events but none
+    by ``as_of`` (all of them later), the flag is the trace of that later unsubscribe and was
+    not set yet: 0. A flag with an unsubscribe by then stays, and so does a flag without
+    any unsubscribe (set at import or by hand: no date to place it, taken as the record's).
+    At the data's end (no later events) this is the flag itself.
+
+    ``flag``: 0/1 per contact (:func:`~features.firmographics.fit_features`); ``unsubscribed``:
+    0/1 per contact, unsubscribed by ``as_of`` (:func:`~features.engagement.engagement_features`).
+    """
+    if not flag.any():
+        return flag
+    unsub = np.flatnonzero(events.type_code == _UNSUBSCRIBE)
+    later = unsub[events.ts[unsub] > as_of_ns]
+    if not len(later):
+        return flag
+    dated_later = np.zeros(len(flag), dtype=bool)
+    dated_later[events.contact[later]] = True
+    dated_later &= unsubscribed == 0
+    return np.where(dated_later, 0.0, flag) if dated_later.any() else flag
 
 
 def feature_table(ids: pd.api.extensions.ExtensionArray, as_of: pd.Timestamp,

@@ -22,9 +22,13 @@ Choices worth knowing:
   ``"test@test"`` would otherwise merge unrelated people.
 * Duplicates are linked transitively (A and B share an email, B and C share an id: one
   contact). The canonical contact is the earliest ``created_at`` (tie: smallest id as
-  text); its missing values are filled from the duplicates, earliest first; its
-  ``do_not_email`` is True if any duplicate's is (an opt-out is never lost).
-* Events and stage changes of duplicates move to the canonical id; all are kept.
+  text); its missing values are filled from the duplicates created at the same instant
+  (smallest id first), and its ``do_not_email`` is True if any of theirs is. A duplicate
+  created later fills nothing: the canonical row is what every point-in-time snapshot
+  reads, and a value that arrived with a later record was not known before it existed
+  (a returning lead's second form fill would tell a snapshot before it who comes back).
+* Events and stage changes of duplicates move to the canonical id; all are kept, and count
+  from their own timestamps (a later record's unsubscribe too: ``unsubscribed``).
 * Events before the contact's ``created_at`` are kept: marketing automation tracks
   anonymous visits and links them to the contact at the form fill.
 * Stage changes after the export date are rejected like events.
@@ -893,24 +897,30 @@ def _deduplicate(
     """Merge contacts sharing a valid normalised email or a contact_id (transitively).
 
     Returns the canonical contacts (original order, missing values filled from their
-    duplicates), the ``duplicate_contact`` rejects and the id map.
+    duplicates created at the same instant), the ``duplicate_contact`` rejects and the id map.
     """
     n = len(contacts)
     groups = _groups(contacts["contact_id"], contacts["created_at"].to_numpy(), norm_email)
     if groups is None:
         return contacts, empty_rejects(), _empty_id_map()
-    canonical_of, comp, order, first = groups.canonical_of, groups.comp, groups.order, groups.first
-    comp_sorted = comp[order]
+    canonical_of, comp, order = groups.canonical_of, groups.comp, groups.order
     is_canonical = canonical_of == np.arange(n)
 
     rejects = make_rejects(contacts, ~is_canonical, "contacts", DUPLICATE_CONTACT)
     id_map = duplicate_id_map(contacts["contact_id"], canonical_of)
 
     keep = filter_rows(contacts, is_canonical)
-    in_group = np.bincount(comp)[comp_sorted] > 1
-    members = order[in_group]  # rows of multi-contact groups, canonical first
+    # Only the records created at the canonical's instant fill its missing values: a record
+    # created later was not known before it existed, and every snapshot (any as-of date)
+    # reads this one row. Its events and stage changes, which carry their own time, move.
+    created = contacts["created_at"].to_numpy()
+    fillers = order[created[order] == created[canonical_of[order]]]  # canonical first
+    in_group = np.bincount(comp[fillers], minlength=n)[comp[fillers]] > 1
+    members = fillers[in_group]  # rows of groups with same-instant duplicates, canonical first
+    if not len(members):
+        return keep, rejects, id_map
     merged = _merge_group_values(contacts.iloc[members], comp[members])
-    canon_rows = members[first[in_group]]
+    canon_rows = members[is_canonical[members]]
     merged = merged.loc[comp[canon_rows]]
     at = np.cumsum(is_canonical)[canon_rows] - 1  # positions of those rows in keep
     keep = keep.copy()
@@ -935,7 +945,9 @@ def _components(n: int, *codes: np.ndarray) -> np.ndarray:
 
 
 def _merge_group_values(rows: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
-    """Per group (rows sorted canonical-first): first non-null of each column; any opt-out."""
+    """Per group (rows sorted canonical-first): first non-null of each column; any opt-out.
+
+    The rows are the records created at the canonical's instant (:func:`_deduplicate`)."""
     if rows.empty:
         return rows
     cols = [c for c in rows.columns if c not in ("contact_id", "created_at")]
