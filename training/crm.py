@@ -1688,9 +1688,12 @@ def log_table_run(
     """Log a table training to MLflow (run, plots, model, the dataset config and the rule
     points), register it under ``config.registered_model`` and apply the gate.
 
-    The gate compares with the current champion only when that champion was trained on the
-    same dataset (version tag ``dataset``); against a model of other data it compares with
-    the rules only. Returns :func:`training.tracking.log_training`'s summary.
+    ``frame`` is the table as given to :func:`train_table`. The gate scores the current
+    champion on this training's held-out rows, read raw from ``frame`` and cleaned by the
+    champion's own dataset config (:func:`score_table`), and compares the paired figures. A
+    champion of another dataset or target, or of the event log, cannot be scored there: the
+    new version is then registered as challenger and the reason says why. Returns
+    :func:`training.tracking.log_training`'s summary.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -1703,9 +1706,16 @@ def log_table_run(
     gate_config = gate_config or table_training_config(config.training).gate
     champ = champion_version(client, config.registered_model)
     other_data = champ is not None and champ.tags.get("dataset") != name
-    if other_data:
-        gate_config = gate_config.model_copy(update={"max_loss_vs_champion": 1.0})
     result = trained.result
+    kept = np.setdiff1d(np.arange(len(frame)), trained.rejects["row"].to_numpy(dtype="int64"))
+    if len(kept) != len(trained.frame):
+        raise ValueError(f"frame: {len(frame)} rows with {len(trained.rejects)} rejected do not make "
+                         f"the {len(trained.frame)} training rows; give the table train_table read")
+    test_raw = frame.iloc[kept[result.test_rows]].reset_index(drop=True)
+
+    def champion_score(model: Any, rows: pd.DataFrame) -> np.ndarray:
+        return score_table(model, rows, reasons=False)["probability"].to_numpy()
+
     summary = log_training(
         result, training_set=trained.frame.drop(columns=[ID]), source=source,
         input_example=table_input_example(frame, config, trained.columns),
@@ -1714,6 +1724,7 @@ def log_table_run(
                       "features": len(trained.columns.features),
                       "rules": "learned scorecard" if result.rules.learned else "config",
                       "rejected_rows": len(trained.rejects)},
+        champion_input=test_raw, champion_score=champion_score,
     )
     with mlflow.start_run(run_id=summary["run_id"]):
         mlflow.log_text(dump_dataset_config(config), "dataset/dataset.yaml")
@@ -1800,9 +1811,6 @@ def train_table_command(
     uri = configure_tracking(workdir)
     with console.status("logging to MLflow"):
         summary = log_table_run(trained, frame, source=str(table.resolve()), gate_config=tcfg.gate)
-    if summary["champion_of_other_data"]:
-        console.print("the current champion was trained on other data: the gate compared with "
-                      "the rules only")
     elapsed = time.perf_counter() - t0
     print_frame(summary_table(result.comparison), f"held-out test: {result.split.description['test']}")
     verdict = "[green]champion[/]" if summary["promoted"] else "[yellow]challenger[/]"

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,20 +61,173 @@ class GateDecision:
     reason: str
 
 
-def gate(new: dict[str, float], rules: dict[str, float], champion: dict[str, float] | None,
-         config: GateConfig) -> GateDecision:
-    """Champion only if the new model beats the rules and is not worse than the champion."""
+class NotComparable(ValueError):
+    """The champion cannot be scored on the new model's test rows (the message says why)."""
+
+
+@dataclass
+class ChampionComparison:
+    """The current champion measured on the new model's test rows, or why it could not be.
+
+    ``metrics`` are the champion's figures on exactly the rows behind the new model's test
+    metrics (``window`` and ``rows`` describe them); ``None`` with ``why_not`` when the
+    champion could not be scored there (another input kind, horizon or dataset, missing
+    columns, a load failure).
+    """
+
+    version: str
+    metrics: dict[str, float] | None = None
+    window: str = ""
+    rows: int = 0
+    why_not: str | None = None
+
+    def to_tag(self) -> dict[str, Any]:
+        if self.metrics is None:
+            return {"champion_version": self.version, "comparable": False, "why_not": self.why_not}
+        return {"champion_version": self.version, "comparable": True, "test_window": self.window,
+                "rows": self.rows, "champion_metrics": self.metrics}
+
+
+def gate(new: dict[str, float], rules: dict[str, float],
+         champion: ChampionComparison | dict[str, float] | None, config: GateConfig) -> GateDecision:
+    """Champion only if the new model beats the rules and is not worse than the champion.
+
+    ``champion``: the current champion's figures on the new model's own test rows (a
+    :class:`ChampionComparison`, or a plain dict of them), ``None`` when there is no champion.
+    A champion that could not be scored on those rows (``why_not``) is not replaced
+    automatically: the new version stays challenger and the reason says why.
+    """
     m = config.metric
     if new[m] <= rules[m] + config.min_gain_over_rules:
         return GateDecision(False, CHALLENGER, f"{m} {new[m]:.4f} does not beat the rule scorer's "
                             f"{rules[m]:.4f} by {config.min_gain_over_rules}")
     if new.get("ece", 0.0) > config.max_ece:
         return GateDecision(False, CHALLENGER, f"calibration error {new['ece']:.4f} > {config.max_ece}")
-    if champion is not None and m in champion and new[m] < champion[m] - config.max_loss_vs_champion:
-        return GateDecision(False, CHALLENGER, f"{m} {new[m]:.4f} is worse than the champion's "
-                            f"{champion[m]:.4f} on the same test window")
-    vs = f", champion {champion[m]:.4f}" if champion and m in champion else ", no champion yet"
-    return GateDecision(True, CHAMPION, f"{m} {new[m]:.4f} vs rules {rules[m]:.4f}{vs}")
+    if isinstance(champion, dict):
+        champion = ChampionComparison("?", metrics=champion)
+    if champion is None:
+        return GateDecision(True, CHAMPION, f"{m} {new[m]:.4f} vs rules {rules[m]:.4f}, no champion yet")
+    if champion.metrics is None or m not in champion.metrics:
+        why = champion.why_not or f"no {m} measured"
+        return GateDecision(False, CHALLENGER, f"{m} {new[m]:.4f} vs rules {rules[m]:.4f}; not compared "
+                            f"with champion version {champion.version}: {why}. It stays champion "
+                            "until a version is promoted by hand (leadscore promote VERSION)")
+    c = champion.metrics[m]
+    n, window = champion.rows, champion.window
+    where = ("the same test rows" if not n else
+             f"the same {n} test rows{window[len(f'{n} rows'):]}" if window.startswith(f"{n} rows")
+             else f"the same {n} test rows ({window})" if window else f"the same {n} test rows")
+    if new[m] < c - config.max_loss_vs_champion:
+        return GateDecision(False, CHALLENGER, f"{m} {new[m]:.4f} is worse than champion {c:.4f} "
+                            f"(version {champion.version}) on {where}, by more than "
+                            f"{config.max_loss_vs_champion}")
+    return GateDecision(True, CHAMPION, f"{m} {new[m]:.4f} vs rules {rules[m]:.4f}, champion {c:.4f} "
+                        f"(version {champion.version}) on {where}")
+
+
+def _window_start(description: Any) -> pd.Timestamp | None:
+    """First date of a split window's description (``"2026-03-01..2026-03-01 (1 date(s))"``);
+    None for a random split's (``"402 rows (20%, ...)"``)."""
+    import re
+
+    match = re.match(r"\s*(\d{4}-\d{2}-\d{2})\.\.", str(description or ""))
+    return pd.Timestamp(match.group(1)) if match else None
+
+
+def incomparable(champion: Any, new: Any) -> str | None:
+    """Why ``champion``'s figures on ``new``'s test rows would not be a fair comparison, or None.
+
+    Both are :class:`training.model.LeadModel`. Not comparable: another input kind (events vs a
+    CRM table), another label horizon or feature settings (the test rows' features and labels
+    are built with the new model's), another dataset or target (tables), or a test window that
+    starts before the champion's own (the champion may have been fitted on those rows).
+    """
+    if champion.input_kind != new.input_kind:
+        return (f"it scores {champion.input_kind} input, the new model {new.input_kind} input "
+                "(a CRM table and the event log are different inputs)")
+    if new.input_kind == "events":
+        a, b = champion.feature_config, new.feature_config
+        if a.horizon_days != b.horizon_days:
+            return (f"it predicts conversion within {a.horizon_days} days, the new model within "
+                    f"{b.horizon_days} days")
+        for key, value in b.model_dump().items():
+            if getattr(a, key, None) != value:
+                return (f"its features are built with {key}={getattr(a, key, None)!r}, the new "
+                        f"model's with {value!r}")
+    else:
+        a, b = champion.dataset or {}, new.dataset or {}
+        if a.get("name") != b.get("name"):
+            return f"it was trained on dataset {a.get('name')!r}, the new model on {b.get('name')!r}"
+        if a.get("target") != b.get("target"):
+            return f"its target is {a.get('target')}, the new model's {b.get('target')}"
+    ours = _window_start((new.metadata.get("split") or {}).get("test"))
+    theirs = _window_start((champion.metadata.get("split") or {}).get("test"))
+    if ours is not None and theirs is not None and ours < theirs:
+        return (f"the new test window starts {ours.date()}, before the champion's own test window "
+                f"({theirs.date()}): the champion may have been fitted on these rows")
+    return None
+
+
+def _input_columns(model: Any) -> list[str]:
+    """The columns ``model`` reads from the rows it scores (a table's own column names)."""
+    if model.input_kind == "table":
+        from training.crm import table_column
+
+        return [table_column(c) for c in model.columns]
+    return list(model.columns)
+
+
+def champion_probabilities(champion: Any, new: Any, rows: pd.DataFrame, *,
+                           score: Callable[[Any, pd.DataFrame], np.ndarray] | None = None) -> np.ndarray:
+    """``champion``'s probabilities for ``rows``, the inputs behind ``new``'s test predictions
+    (:meth:`training.train.TrainResult.test_inputs`, or a table's raw rows with ``score``).
+
+    Raises :class:`NotComparable` with the reason when the figures would not be comparable
+    (:func:`incomparable`), a column it needs is missing or scoring fails.
+    """
+    why = incomparable(champion, new)
+    if why:
+        raise NotComparable(why)
+    missing = [c for c in _input_columns(champion) if c not in rows.columns]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise NotComparable(f"the test rows lack column(s) it needs: {shown}")
+    try:
+        p = np.asarray(score(champion, rows) if score else champion.predict_proba(rows), dtype="float64")
+    except Exception as e:  # any failure to score: not comparable, said by kind (no row values)
+        raise NotComparable(f"scoring the test rows failed ({type(e).__name__})") from e
+    if p.shape != (len(rows),) or not np.isfinite(p).all():
+        raise NotComparable(f"it gave {p.size} usable probabilities for {len(rows)} test rows")
+    return p
+
+
+def compare_with_champion(result: TrainResult, rows: pd.DataFrame, version: str, *,
+                          registered_name: str = REGISTERED_MODEL,
+                          score: Callable[[Any, pd.DataFrame], np.ndarray] | None = None) -> ChampionComparison:
+    """Load champion ``version`` from the registry and measure it on ``rows``, the inputs behind
+    ``result.test_predictions`` (same order), with the same labels: the gate's paired figures."""
+    from training.metrics import compare
+    from training.registry import load_model
+
+    preds = result.test_predictions
+    if len(rows) != len(preds):
+        return ChampionComparison(version, why_not=f"{len(rows)} rows given for {len(preds)} test predictions")
+    if "contact_id" in rows and "contact_id" in preds and not np.array_equal(
+            rows["contact_id"].astype(str).to_numpy(), preds["contact_id"].astype(str).to_numpy()):
+        return ChampionComparison(version, why_not="the rows given are not the test rows")
+    try:
+        champion = load_model(f"models:/{registered_name}/{version}")
+    except Exception as e:  # noqa: BLE001 - a missing or unreadable artifact: not comparable, said so
+        return ChampionComparison(version, why_not=f"it could not be loaded ({type(e).__name__})")
+    try:
+        p = champion_probabilities(champion, result.model, rows, score=score)
+    except NotComparable as e:
+        return ChampionComparison(version, why_not=str(e))
+    row = compare({"champion": p}, preds[result.label].to_numpy()).set_index("scorer").loc["champion"]
+    metrics = {k: float(v) for k, v in row.items()
+               if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)}
+    window = result.split.description.get("test", "")
+    return ChampionComparison(version, metrics=metrics, window=window, rows=len(preds))
 
 
 def champion_version(client: MlflowClient, name: str = REGISTERED_MODEL) -> Any | None:
@@ -193,9 +347,18 @@ def log_training(
     gate_config: GateConfig | None = None,
     extra_params: dict[str, Any] | None = None,
     registered_name: str = REGISTERED_MODEL,
+    champion_input: pd.DataFrame | None = None,
+    champion_score: Callable[[Any, pd.DataFrame], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Log the run (params, metrics, lineage, plots, tables, model), register the model and
-    apply the gate. Returns a summary with run_id, version, alias and the gate's reason."""
+    apply the gate. Returns a summary with run_id, version, alias, the gate's reason and the
+    champion comparison (``champion``: the tag written on the version, or None).
+
+    The gate compares with the current champion scored on this run's own test rows (paired
+    figures, :func:`compare_with_champion`): ``training_set`` must be the frame given to
+    :func:`training.train.train`, or ``champion_input`` the rows to score instead (a CRM
+    table's raw rows, scored by ``champion_score(model, rows)``).
+    """
     client = MlflowClient()
     with mlflow.start_run(run_name="train") as run:
         mlflow.log_params({k: v for k, v in {**result.params, **(extra_params or {})}.items()
@@ -231,23 +394,44 @@ def log_training(
             )
         version = str(info.registered_model_version)
         champ = champion_version(client, registered_name)
-        champ_metrics = None
+        comparison = None
         if champ is not None:
-            champ_metrics = json.loads(client.get_model_version(registered_name, champ.version)
-                                       .tags.get("test_metrics", "null") or "null")
+            rows = (champion_input if champion_input is not None
+                    else result.test_inputs(training_set) if result.test_rows is not None else None)
+            comparison = (compare_with_champion(result, rows, str(champ.version),
+                                                registered_name=registered_name, score=champion_score)
+                          if rows is not None else
+                          ChampionComparison(str(champ.version), why_not="the test rows are unknown"))
         new = result.comparison.loc["model"].to_dict()
-        decision = gate(new, result.comparison.loc["rules"].to_dict(), champ_metrics,
+        decision = gate(new, result.comparison.loc["rules"].to_dict(), comparison,
                         gate_config or GateConfig())
+        test_window = result.split.description.get("test", "")
+        preds_rows = len(result.test_predictions)
         client.set_model_version_tag(registered_name, version, "test_metrics",
-                                     json.dumps({k: float(v) for k, v in new.items()}))
+                                     json.dumps({k: float(v) for k, v in new.items() if _finite(v)}))
+        client.set_model_version_tag(registered_name, version, "test_window",
+                                     f"{test_window}; {preds_rows} rows scored")
         client.set_model_version_tag(registered_name, version, "gate", decision.reason)
         client.set_model_version_tag(registered_name, version, "run_id", run.info.run_id)
+        if comparison is not None:
+            client.set_model_version_tag(registered_name, version, "gate_champion",
+                                         json.dumps(comparison.to_tag()))
+            mlflow.set_tags({"gate.champion_version": comparison.version,
+                             "gate.champion_compared": "same test rows" if comparison.metrics
+                             else f"not compared: {comparison.why_not}"})
+            if comparison.metrics:  # the champion on this run's test rows (not its own window)
+                mlflow.log_metrics({f"champion_{k}": v for k, v in comparison.metrics.items()})
         if decision.promoted and champ is not None:
             client.set_model_version_tag(registered_name, version, "previous_champion", str(champ.version))
         client.set_registered_model_alias(registered_name, decision.alias, version)
         mlflow.set_tags({"gate": decision.reason, "alias": decision.alias})
     return {"run_id": run.info.run_id, "version": version, "alias": decision.alias,
-            "promoted": decision.promoted, "reason": decision.reason}
+            "promoted": decision.promoted, "reason": decision.reason,
+            "champion": comparison.to_tag() if comparison is not None else None}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and bool(np.isfinite(v))
 
 
 def promote(version: str, name: str = REGISTERED_MODEL) -> str:

@@ -55,6 +55,16 @@ class TrainResult:
     importance: pd.Series
     label: str = schema.LABEL
     params: dict[str, Any] = field(default_factory=dict)
+    #: Positions, in the frame given to :func:`train`, of the rows of ``test_predictions``
+    #: (same order). Fewer than the test window when the truth table misses some rows.
+    test_rows: np.ndarray | None = None
+
+    def test_inputs(self, data: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``data`` (the frame given to :func:`train`) behind ``test_predictions``,
+        in their order: what another scorer must score to be compared with these figures."""
+        if self.test_rows is None:
+            raise ValueError("this result does not record its test rows")
+        return data.iloc[self.test_rows].reset_index(drop=True)
 
 
 def _lgb_params(config: TrainConfig, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -158,16 +168,49 @@ def fit_booster(
     )
 
 
+def inner_time_split(groups: np.ndarray, *, config: TrainConfig,
+                     horizon_days: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, validation)`` row masks of the tuning split of a training window by as-of date
+    (``groups``: datetime64 values, or integers as nanoseconds since the epoch).
+
+    The last date is the inner validation set; the inner training rows are the dates at least
+    the gap (``config.split.gap_days``, default ``horizon_days``) before it and strictly
+    earlier, the rule of :func:`training.split.time_split`. Raises ``ValueError`` when no
+    such date is left: tuning would then fit on labels that look into its validation period.
+    """
+    if config.split.gap_days is None and horizon_days is None:
+        raise ValueError("tuning by as-of date needs the label horizon (horizon_days)")
+    gap = pd.Timedelta(days=horizon_days if config.split.gap_days is None else config.split.gap_days)
+    t = np.asarray(groups)
+    t = (t if np.issubdtype(t.dtype, np.datetime64) else pd.to_datetime(t, unit="ns").to_numpy())
+    last = t.max()
+    validation = t == last
+    fit = (t <= last - gap) & (t < last)
+    if not fit.any():
+        dates = np.unique(t)
+        raise ValueError(
+            f"--tune: the training window's {len(dates)} as-of date(s) "
+            f"({pd.Timestamp(dates[0]).date()}..{pd.Timestamp(last).date()}) leave no date at least "
+            f"{gap.days} days before its last one, the inner validation date; give a longer "
+            "history, lower split.gap_days or train without --tune")
+    return fit, validation
+
+
 def tune(
     X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, *, n_trials: int,
     categorical_idx: list[int], feature_names: list[str], config: TrainConfig,
-    inner_folds: int = 3,
+    inner_folds: int = 3, horizon_days: int | None = None,
 ) -> dict[str, Any]:
-    """Optuna search inside the training window. With ``groups`` (as-of dates) the last date
-    of the window is the inner validation set; without (a random split, e.g. a CRM table)
-    every trial is scored by stratified ``inner_folds``-fold cross-validation of the training
-    rows (mean log loss), which one small inner split is too noisy for. Returns the best
-    parameter overrides."""
+    """Optuna search inside the training window. Returns the best parameter overrides.
+
+    With ``groups`` (as-of dates) the last date of the window is the inner validation set and
+    the inner training rows are the dates at least the split's gap (``split.gap_days``,
+    default ``horizon_days``) before it, as :func:`training.split.time_split` separates its
+    windows: no inner-training label looks into the inner-validation period. Without
+    ``groups`` (a random split, e.g. a CRM table) every trial is scored by stratified
+    ``inner_folds``-fold cross-validation of the training rows (mean log loss), which one
+    small inner split is too noisy for.
+    """
     import optuna
     from sklearn.metrics import log_loss
 
@@ -176,10 +219,7 @@ def tune(
         inner = [(np.isin(np.arange(len(y)), val, invert=True), np.isin(np.arange(len(y)), val))
                  for _, val in cv.split(X, y)]
     else:
-        inner_val = groups == np.max(groups)
-        if inner_val.all() or not inner_val.any():
-            raise NotEnoughData("tuning needs at least two as-of dates in the training window")
-        inner = [(~inner_val, inner_val)]
+        inner = [inner_time_split(groups, config=config, horizon_days=horizon_days)]
 
     def objective(trial: optuna.Trial) -> float:
         overrides = {
@@ -340,10 +380,10 @@ def train(
 
     overrides: dict[str, Any] = {}
     if tune_trials:
-        groups = (pd.to_datetime(data.loc[fit_rows, time_column]).to_numpy().astype("int64")
-                  if time_column else None)
+        groups = pd.to_datetime(data.loc[fit_rows, time_column]).to_numpy() if time_column else None
         overrides = tune(X(fit_rows), y[fit_rows], groups, n_trials=tune_trials,
-                         categorical_idx=cat_idx, feature_names=names, config=config)
+                         categorical_idx=cat_idx, feature_names=names, config=config,
+                         horizon_days=feature_config.horizon_days)
     if folds:
         rows = np.flatnonzero(fit_rows)
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
@@ -398,6 +438,8 @@ def train(
     })
     if time_column:
         preds.insert(1, "as_of", test[time_column].to_numpy())
+    # each prediction's row of ``data``: a champion scored later must see the same rows
+    preds["_row"] = np.flatnonzero(split.test)
     if truth is not None and time_column:
         t = truth.rename(columns={"p_convert_90d": "oracle"})[["contact_id", "as_of", "oracle"]]
         preds = preds.merge(t, on=["contact_id", "as_of"], how="left")
@@ -406,6 +448,7 @@ def train(
         log.warning("truth table misses %d of %d test rows; they are left out of the comparison",
                     int(preds["oracle"].isna().sum()), len(preds))
         preds = preds[preds["oracle"].notna()].reset_index(drop=True)
+    test_rows = preds.pop("_row").to_numpy(dtype="int64")
     scorers = {c: preds[c].to_numpy() for c in ("model", "rules", "logistic", "oracle") if c in preds}
     comparison = compare(scorers, preds[label].to_numpy()).set_index("scorer")
     model.metadata = {
@@ -434,6 +477,7 @@ def train(
                 "half_life_days": feature_config.half_life_days,
                 "horizon_days": feature_config.horizon_days, "tune_trials": tune_trials,
                 "cross_fit_folds": folds},
+        test_rows=test_rows,
     )
 
 
