@@ -16,7 +16,11 @@ take (:func:`features.build.lead_feature_columns`). :func:`decode_columns` does 
 with msgspec: the body decoded into typed structs in C (the same types, limits
 and vocabularies as :data:`SCORE_REQUEST`), the timestamps checked against :data:`TS_PATTERN`
 column by column; a body it does not take goes through pydantic as above, which accepts
-exactly what it accepted before and names the fields of what it rejects.
+exactly what it accepted before and names the fields of what it rejects. Bodies above
+:data:`LARGE_BODY_BYTES` go through :func:`decode_large` (:func:`validate_table_large` for
+table rows): the same results, one lead or row per decoder call, so that the service's
+event loop gets the GIL back between calls. A lead created after ``as_of`` is rejected,
+naming its ``created_at`` (the nightly batch leaves it out: ``created_after_as_of``).
 
 A model trained on a CRM export (``leadscore train --table``) takes the table's own rows
 instead: ``{"rows": [{column: value, ...}, ...], "reasons": ...}`` (:data:`TABLE_REQUEST`).
@@ -37,7 +41,8 @@ from operator import attrgetter, itemgetter, methodcaller
 from typing import Annotated, Any, Literal, NotRequired, Optional, Required
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
+                      WithJsonSchema)
 from typing_extensions import TypedDict
 
 from features import schema
@@ -59,6 +64,10 @@ MAX_CELL = 4096  # characters of one table cell
 #: Timestamps outside this range are rejected (the kernels work in int64 nanoseconds).
 MIN_TS = dt.datetime(1900, 1, 1)
 MAX_TS = dt.datetime(2200, 1, 1)
+
+#: Why the nightly batch leaves out a lead that a request may still score (the reasons of
+#: :func:`serving.batch.eligibility`; a lead created after ``as_of`` is rejected instead).
+NOT_ELIGIBLE_REASONS = ("converted", "disqualified")
 
 ReasonsMode = Literal["all", "top", "none"]
 """Which leads get reasons: every lead, leads in bands A and B (as ``leadscore score
@@ -191,6 +200,10 @@ TableScoreRequest = _typed_dict(
 
 #: Validates raw JSON bytes into a :data:`TableScoreRequest` dict in one pass.
 TABLE_REQUEST: TypeAdapter = TypeAdapter(TableScoreRequest)
+#: One lead, one table row: :func:`validate_large` validates big bodies item by item.
+_LEAD_ADAPTER: TypeAdapter = TypeAdapter(Lead)
+_ROW_ADAPTER: TypeAdapter = TypeAdapter(TableRow)
+_LIST_LIMITS = {"leads": MAX_LEADS, "rows": MAX_LEADS}
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -204,7 +217,8 @@ class Reason(BaseModel):
 
 
 class LeadScore(BaseModel):
-    """The design brief's outputs for one lead."""
+    """The design brief's outputs for one lead, and ``not_eligible`` when the nightly batch
+    would not score it."""
 
     contact_id: str
     probability: float = Field(ge=0, le=1)
@@ -215,6 +229,10 @@ class LeadScore(BaseModel):
     model_name: str
     model_version: str
     scored_at: str
+    not_eligible: Literal[NOT_ELIGIBLE_REASONS] | None = Field(  # type: ignore[valid-type]
+        None, description="Why the nightly batch would not score this lead (its stage at the "
+                          "as-of date is opportunity or later: converted, or disqualified); "
+                          "absent when the lead is eligible. Its score is computed all the same.")
 
 
 class ScoreResponse(BaseModel):
@@ -258,6 +276,11 @@ class ModelInfo(BaseModel):
     id_column: str | None = Field(None, description="table models: the id column of each row")
     columns: list[str] | None = Field(None, description="table models: the feature columns "
                                                         "each row carries")
+    champion_not_loaded: str | None = Field(
+        None, description="a champion version that did not load (the scorer above answers)")
+    reload_error: str | None = Field(
+        None, description="POST /reload: why the champion was not loaded (kind of failure "
+                          "only); the scorer above keeps answering")
 
 
 # -- request -> feature inputs ---------------------------------------------------------------
@@ -287,6 +310,10 @@ _US = dt.timedelta(microseconds=1)
 _MIN_US = (MIN_TS - _EPOCH) // _US
 _MAX_US = (MAX_TS - _EPOCH) // _US
 _CONTACT_FIELDS = tuple(c for c in schema.CONTACTS.columns if c not in ("contact_id", "created_at"))
+#: Without ``as_of`` (scored as of now), a ``created_at`` at most this far in the future is
+#: taken as created now: the CRM's clock may run a little ahead of the service's.
+CLOCK_SKEW = dt.timedelta(minutes=5)
+_SKEW_US = CLOCK_SKEW // _US
 
 
 def _us(d: dt.datetime) -> int:
@@ -354,6 +381,29 @@ def _one_timestamp(value: str, field: str) -> int:
     raise AssertionError("unreachable")  # _check raised
 
 
+def _created_by_as_of(created_us: np.ndarray, as_of_us: int, as_of_given: bool,
+                      where: Any) -> np.ndarray:
+    """``created_us`` when every lead exists at ``as_of`` (a creation up to :data:`CLOCK_SKEW`
+    after an omitted ``as_of`` counts as at ``as_of``); else a RequestError naming
+    ``where(i)`` for the leads created later (``where`` None: _NotPlain, pydantic's path
+    names them). The nightly batch leaves such leads out (``created_after_as_of``)."""
+    if not as_of_given:
+        created_us = np.where(created_us - as_of_us <= _SKEW_US,
+                              np.minimum(created_us, as_of_us), created_us)
+    late = np.flatnonzero(created_us > as_of_us)
+    if not len(late):
+        return created_us
+    if where is None:
+        raise _NotPlain
+    raise RequestError([{"field": where(int(i)), "type": "created_after_as_of",
+                         "message": "created after as_of (now when as_of is omitted): the lead "
+                                    "did not exist at the scoring date"} for i in late[:10]])
+
+
+def _created_field(i: int) -> str:
+    return f"leads.{i}.contact.created_at"
+
+
 _TS = itemgetter("ts")
 _EVENT_TYPE = itemgetter("event_type")
 _STAGE = itemgetter("stage")
@@ -380,8 +430,9 @@ def to_columns(request: dict[str, Any], *, now: dt.datetime) -> LeadColumns:
         c = contacts[0]
         block[:, 0] = [c.get(f) for f in _CONTACT_FIELDS]
         created = c.get("created_at")
-        created_us = np.array([as_of_us if created is None else
-                               _one_timestamp(created, "leads.0.contact.created_at")], dtype=np.int64)
+        created_one = as_of_us if created is None else _one_timestamp(created, _created_field(0))
+        late = created_one > as_of_us
+        created_us = np.array([created_one], dtype=np.int64)
         evs = leads[0].get("events") or _EMPTY_STAGES
         sts = leads[0].get("stages") or _EMPTY_STAGES
         ev_counts, st_counts = [len(evs)], [len(sts)]
@@ -393,14 +444,17 @@ def to_columns(request: dict[str, Any], *, now: dt.datetime) -> LeadColumns:
         created_us = np.full(n, as_of_us, dtype=np.int64)
         if has_created:
             us, bad = timestamps_us([created[i] for i in has_created])
-            _check(us, bad, lambda k: f"leads.{has_created[k]}.contact.created_at")
+            _check(us, bad, lambda k: _created_field(has_created[k]))
             created_us[has_created] = us
+        late = bool(has_created) and created_us.max() > as_of_us
         per_lead = [lead.get("events") or _EMPTY_STAGES for lead in leads]
         ev_counts = [len(e) for e in per_lead]
         evs = [e for lead_events in per_lead for e in lead_events]
         per_lead = [lead.get("stages") or _EMPTY_STAGES for lead in leads]
         st_counts = [len(s) for s in per_lead]
         sts = [s for lead_stages in per_lead for s in lead_stages]
+    if late:
+        created_us = _created_by_as_of(created_us, as_of_us, as_of_value is not None, _created_field)
     ev_us, bad = timestamps_us(list(map(_TS, evs)))
     _check(ev_us, bad, lambda k: _nested(ev_counts, k, "events"))
     st_us, bad = timestamps_us(list(map(_TS, sts)))
@@ -594,8 +648,9 @@ def _fast_struct(name: str, table: schema.TableSchema, *, drop: tuple[str, ...] 
                         forbid_unknown_fields=True, gc=False)
 
 
-def _fast_decoder() -> Any:
-    """The msgspec decoder of a :data:`ScoreRequest`."""
+def _fast_decoders() -> tuple[Any, Any, Any]:
+    """The msgspec decoders of a :data:`ScoreRequest`, of one lead, and of a request whose
+    leads are left undecoded (``msgspec.Raw``, for :func:`decode_large`)."""
     ms = msgspec
     contact = _fast_struct("Contact", schema.CONTACTS, optional=("created_at",))
     event = _fast_struct("Event", schema.EVENTS, drop=("contact_id",),
@@ -615,10 +670,15 @@ def _fast_decoder() -> Any:
     order = [f for f in contact.__struct_fields__ if f not in ("contact_id", "created_at")]
     assert order == list(_CONTACT_FIELDS), order  # astuple() below relies on this order
     assert contact.__struct_fields__[:2] == ("contact_id", "created_at")
-    return ms.json.Decoder(request)
+    envelope = ms.defstruct("ScoreRequestLeadsRaw", [
+        ("leads", Annotated[list[ms.Raw], ms.Meta(min_length=1, max_length=MAX_LEADS)]),
+        ("as_of", str | None, None),
+        ("reasons", ReasonsMode, "all"),
+    ], forbid_unknown_fields=True, gc=False)
+    return ms.json.Decoder(request), ms.json.Decoder(lead), ms.json.Decoder(envelope)
 
 
-_DECODER = _fast_decoder()
+_DECODER, _LEAD_DECODER, _ENVELOPE_DECODER = _fast_decoders()
 _A_TS = attrgetter("ts")
 _A_EVENT_TYPE = attrgetter("event_type")
 _A_CAMPAIGN = attrgetter("campaign_id")
@@ -642,6 +702,134 @@ def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] 
         return None
 
 
+# -- large bodies: a lead (or row) at a time ---------------------------------------------------
+# msgspec and pydantic hold the GIL for the whole of one decode: a 30 MB body validated in one
+# call stalls the event loop for up to a second even from a worker thread. Above
+# LARGE_BODY_BYTES the service decodes in a worker thread and one lead or row per call: the
+# thread gives the GIL back between calls (the switch interval) and the loop answers meanwhile.
+# The accepted bodies, their columns and the errors reported are those of the one-call path
+# (tested).
+
+#: Bodies larger than this are decoded a lead or row at a time, in a worker thread.
+LARGE_BODY_BYTES = 256 * 1024
+#: At most this many errors are reported for a body (the rest of it is not validated).
+MAX_ERRORS = 20
+
+
+class BodyInvalid(ValueError):
+    """Pydantic's errors of a body validated a lead or row at a time (as
+    ``ValidationError.errors(include_url=False, include_context=False, include_input=False)``
+    gives them: ``loc`` into the whole body, ``msg``, ``type``; never an input value)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} validation error(s)")
+        self._errors = errors
+
+    def errors(self, **_: Any) -> list[dict[str, Any]]:
+        return self._errors
+
+
+@dataclass
+class _Chunked:
+    """A request decoded a lead at a time (what :func:`_struct_columns` reads)."""
+
+    leads: list[Any]
+    as_of: str | None
+    reasons: str
+
+
+def decode_large(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str]:
+    """The columns and reasons mode of a :data:`ScoreRequest` body, one lead per decoder call
+    (msgspec, else pydantic): the result of :func:`decode_columns`, or of
+    :data:`SCORE_REQUEST` and :func:`to_columns`, for bodies above :data:`LARGE_BODY_BYTES`.
+
+    Raises
+    ------
+    pydantic.ValidationError, BodyInvalid
+        The body is not a valid request (the first :data:`MAX_ERRORS` errors).
+    RequestError
+        As :func:`to_columns`.
+    """
+    try:
+        envelope = _ENVELOPE_DECODER.decode(body)
+        leads = [_LEAD_DECODER.decode(raw) for raw in envelope.leads]
+    except Exception:  # as decode_columns: pydantic names what is wrong
+        envelope = None
+    if envelope is not None:
+        try:
+            return _struct_columns(_Chunked(leads, envelope.as_of, envelope.reasons), now), \
+                envelope.reasons
+        except _NotPlain:
+            pass
+    payload = validate_large(body, SCORE_REQUEST, "leads", _LEAD_ADAPTER,
+                             b'{"contact":{"contact_id":"x"}}')
+    return to_columns(payload, now=now), payload.get("reasons", "all")
+
+
+def validate_table_large(body: bytes) -> dict[str, Any]:
+    """:data:`TABLE_REQUEST` validation one row per call (bodies above
+    :data:`LARGE_BODY_BYTES`): the same payload, or the same errors (see :func:`validate_large`)."""
+    return validate_large(body, TABLE_REQUEST, "rows", _ROW_ADAPTER, b'{"x":null}')
+
+
+_TOP_DECODER = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_RAW_LIST_DECODER = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def validate_large(body: bytes, whole: TypeAdapter, key: str, item: TypeAdapter,
+                   placeholder: bytes) -> dict[str, Any]:
+    """``whole.validate_json(body)`` with the list ``body[key]`` validated one item per call
+    (``item``: the adapter of one item; ``placeholder``: a valid item, standing for the list
+    while the rest of the body is validated). The same payload, or the same first
+    :data:`MAX_ERRORS` errors (list errors first, then the other fields', as pydantic orders
+    them). A body that is no JSON object, or whose ``key`` is missing or no list, goes to
+    ``whole`` in one call (it fails there early, or is small).
+
+    Raises
+    ------
+    pydantic.ValidationError, BodyInvalid
+    """
+    try:
+        body.decode()  # msgspec leaves the insides of Raw values unchecked
+        top = _TOP_DECODER.decode(body)
+        items = _RAW_LIST_DECODER.decode(top[key])
+    except Exception:  # no UTF-8 object with a list under key, or JSON msgspec does not take
+        return whole.validate_json(body)
+    limit = _LIST_LIMITS[key]
+    errors: list[dict[str, Any]] = []
+    if len(items) > limit:
+        errors.append({"type": "too_long", "loc": (key,),
+                       "msg": f"List should have at most {limit} items after validation, "
+                              f"not {len(items)}"})
+    rest = b"{" + b",".join(
+        msgspec.json.encode(k) + b":" + (
+            (b"[" + placeholder + b"]" if items else b"[]") if k == key else bytes(v))
+        for k, v in top.items()) + b"}"
+    validated = []
+    if not errors:
+        for i, raw in enumerate(items):
+            try:
+                validated.append(item.validate_json(bytes(raw)))
+            except ValidationError as e:
+                found = e.errors(include_url=False, include_context=False, include_input=False)
+                if any(d["type"] == "json_invalid" for d in found):  # not JSON after all
+                    return whole.validate_json(body)
+                errors += [dict(d, loc=(key, i, *d["loc"])) for d in found]
+                if len(errors) >= MAX_ERRORS:
+                    break
+    try:
+        payload = whole.validate_json(rest)
+    except ValidationError as e:
+        found = e.errors(include_url=False, include_context=False, include_input=False)
+        if any(d["type"] == "json_invalid" for d in found):
+            return whole.validate_json(body)
+        errors += found
+    if errors:
+        raise BodyInvalid(errors)
+    payload[key] = validated
+    return payload
+
+
 def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
     """:func:`to_columns` of a decoded struct (_NotPlain for timestamps left to pydantic)."""
     astuple = msgspec.structs.astuple
@@ -655,7 +843,9 @@ def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
         block = np.empty((len(_CONTACT_FIELDS), 1), dtype=object)
         block[:, 0] = values[2:]
         created = values[1]
-        created_us = np.array([as_of_us if created is None else _ts_one(created)], dtype=np.int64)
+        created_one = as_of_us if created is None else _ts_one(created)
+        late = created_one > as_of_us
+        created_us = np.array([created_one], dtype=np.int64)
         evs, sts = lead.events, lead.stages
         ev_counts, st_counts = [len(evs)], [len(sts)]
     else:
@@ -669,12 +859,15 @@ def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
         created_us = np.full(n, as_of_us, dtype=np.int64)
         if has_created:
             created_us[has_created] = _plain_us([created[i] for i in has_created])
+        late = bool(has_created) and created_us.max() > as_of_us
         per_lead = list(map(_A_EVENTS, leads))
         ev_counts = list(map(len, per_lead))
         evs = list(chain.from_iterable(per_lead))
         per_lead = list(map(_A_STAGES, leads))
         st_counts = list(map(len, per_lead))
         sts = list(chain.from_iterable(per_lead))
+    if late:
+        created_us = _created_by_as_of(created_us, as_of_us, request.as_of is not None, None)
     return _assemble(ids, block, created_us, as_of_us,
                      ev_counts, _plain_us(list(map(_A_TS, evs))), list(map(_A_EVENT_TYPE, evs)),
                      list(map(_A_CAMPAIGN, evs)),

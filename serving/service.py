@@ -12,13 +12,21 @@ Endpoints
     "as_of": ..., "reasons": "all"|"top"|"none"}``; for a model trained on a CRM export
     (``leadscore train --table``): ``{"rows": [{column: value, ...}], "reasons": ...}``, the
     table's own rows. Either answers ``{"scores": [...], "as_of": ...}`` in request order
-    (types in :mod:`serving.api_types`). Bad input is a 4xx naming the field.
+    (types in :mod:`serving.api_types`). Bad input is a 4xx naming the field, a lead created
+    after ``as_of`` included (``leads.3.contact.created_at``: the nightly batch leaves it out
+    as ``created_after_as_of``). A lead the batch would not score because of its stage at
+    ``as_of`` is scored all the same, its score saying why: ``"not_eligible": "converted"``
+    (opportunity or later) or ``"disqualified"``; the key is absent for an eligible lead.
 ``GET /model``
     Which scorer answers (name, version, trained_at, metrics, band thresholds) and the
     ``input`` it takes: ``"events"`` or ``"table"`` (with the id column and feature columns).
 ``POST /reload``
     Load the registry's current champion now (it is also polled every
-    ``LEADSCORE_RELOAD_SECONDS``, default 30; 0 turns the poll off).
+    ``LEADSCORE_RELOAD_SECONDS``, default 30; 0 turns the poll off). Answers as ``GET /model``,
+    with ``reload_error`` (the kind of failure) when the champion could not be loaded: a
+    model that answers keeps answering. With ``LEADSCORE_WORKERS`` > 1 the request reaches
+    one worker process only; every worker polls the alias itself, so the others follow
+    within one poll interval.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of these endpoints (both request shapes, response schemas).
 ``GET /healthz``, ``/livez``, ``/readyz``
@@ -50,14 +58,25 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   worker thread with the GIL released when they are slow (timed when the model loads), so
   the loop serves the next request meanwhile. Requests of more than 20 leads or rows are
   scored in a thread; smaller ones inline.
+* A body above 256 KB (:data:`serving.api_types.LARGE_BODY_BYTES`) is decoded in a worker
+  thread one lead or row per decoder call (:func:`serving.api_types.decode_large`): msgspec
+  and pydantic hold the GIL for a whole call, so a thread alone would still stall the loop
+  (a 30 MB body: about a second); between calls the loop gets the GIL back (the switch
+  interval) and answers other requests and ``/readyz``. Same results and errors as one
+  call (tested); smaller bodies are decoded inline as before.
 * Never down: no registered champion, an artifact that does not load, or a prediction that
   raises -> the rule scorer answers with ``scorer: "rules"`` (a table model's own
   scorecard for table rows); the event is logged by kind only (no contact data, no request
   body). A champion promoted later is picked up by the alias poll or ``POST /reload``,
-  without restart.
-* Access: ``LEADSCORE_API_KEYS`` (comma-separated) turns on ``Authorization: Bearer``
-  checks (constant-time compare) for ``/score``, ``/model`` and ``/reload``; without keys
-  the service only starts on, and only answers on, a loopback address.
+  without restart. A loaded model is never replaced by the rules: an unreadable registry or
+  a champion whose artifact does not load leaves it answering. A version that failed to
+  load is retried by the poll after the poll interval, then twice as long after each new
+  failure, at most every 10 minutes (an artifact store that was down for a while);
+  ``POST /reload`` retries at once.
+* Access: ``LEADSCORE_API_KEYS`` (comma-separated, UTF-8) turns on ``Authorization: Bearer``
+  checks for ``/score``, ``/model`` and ``/reload``: the scheme in any case (RFC 7235), the
+  key's bytes compared in constant time with each key; without keys the service only starts
+  on, and only answers on, a loopback address.
 * LightGBM runs with ``num_threads=1``; one worker process by default (``LEADSCORE_WORKERS``:
   2 gave 12–30 % more requests/s on 2 cores in one run under load, ``bench_serving.py
   --workers 2``). BentoML's access log and metrics are off by default
@@ -92,6 +111,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from features import schema
 from features.build import lead_feature_columns
 from serving import api_types as T
 
@@ -102,12 +122,17 @@ _JSON = "application/json"
 _RELOAD_DEFAULT_SECONDS = 30.0
 _INITIAL_LOAD_WAIT_SECONDS = 60.0
 _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the event loop
+#: A champion version that failed to load is retried by the poll after the poll interval,
+#: then twice as long at each failure, at most this many seconds apart.
+_RETRY_MAX_SECONDS = 600.0
 
 
 # -- access ------------------------------------------------------------------------------------
 def parse_api_keys(value: str | None) -> tuple[bytes, ...]:
-    """API keys from ``LEADSCORE_API_KEYS`` (comma-separated, blanks ignored)."""
-    return tuple(k.strip().encode() for k in (value or "").split(",") if k.strip())
+    """API keys from ``LEADSCORE_API_KEYS`` (comma-separated, blanks ignored), as UTF-8 bytes
+    (the environment's own bytes where they are not UTF-8)."""
+    return tuple(k.strip().encode("utf-8", "surrogateescape")
+                 for k in (value or "").split(",") if k.strip())
 
 
 @lru_cache(maxsize=256)
@@ -137,12 +162,24 @@ def check_bind_allowed(host: str, api_keys: str) -> None:
         )
 
 
-def authorized(header: str | None, keys: tuple[bytes, ...]) -> bool:
-    """Whether an ``Authorization`` header carries one of ``keys`` (constant-time compare,
-    every key compared)."""
-    if not header or not header.startswith("Bearer "):
+def authorized(header: bytes | str | None, keys: tuple[bytes, ...]) -> bool:
+    """Whether an ``Authorization`` header carries one of ``keys``: the ``Bearer`` scheme in
+    any case (RFC 7235), the key compared as bytes in constant time, every key compared.
+
+    ``header`` is the header's bytes as received, or its text as ASGI frameworks give it
+    (decoded as latin-1, which gives the received bytes back): a key with non-ASCII
+    characters matches when the client sends it in UTF-8, as :func:`parse_api_keys` reads it.
+    """
+    if not header:
         return False
-    given = header[7:].strip().encode()
+    if isinstance(header, str):
+        try:
+            header = header.encode("latin-1")
+        except UnicodeEncodeError:  # not received text: take it as UTF-8
+            header = header.encode("utf-8", "surrogateescape")
+    if header[:7].lower() != b"bearer ":
+        return False
+    given = header[7:].strip()
     ok = False
     for key in keys:
         ok |= hmac.compare_digest(given, key)
@@ -318,6 +355,10 @@ def openapi_document() -> dict[str, Any]:
                            "responses": {"200": answer("Scorer, version, thresholds, input", info),
                                          **auth}}},
         "/reload": {"post": {"operationId": "reload", "summary": "Load the registry's champion now",
+                             "description": "Answers as GET /model, with reload_error when the "
+                                            "champion could not be loaded (the scorer that "
+                                            "answered keeps answering). With several worker "
+                                            "processes, one worker reloads; the others poll.",
                              "responses": {"200": answer("The scorer after the reload", info), **auth}}},
     }
     for path, what in (("/healthz", "alive"), ("/readyz", "ready: a scorer is loaded")):
@@ -341,9 +382,9 @@ def _error(status: int, error: str, detail: list[dict[str, str]] | None = None,
     return Response(body, status_code=status, media_type=_JSON, headers=headers)
 
 
-def _validation_details(exc: ValidationError) -> list[dict[str, str]]:
+def _validation_details(exc: ValidationError | T.BodyInvalid) -> list[dict[str, str]]:
     out = []
-    for e in exc.errors(include_url=False, include_context=False, include_input=False)[:20]:
+    for e in exc.errors(include_url=False, include_context=False, include_input=False)[:T.MAX_ERRORS]:
         loc = ".".join(str(p) for p in e["loc"]) or "body"
         message = e["msg"]
         if e["type"] == "string_pattern_mismatch":  # the only patterns are the timestamps'
@@ -356,7 +397,7 @@ _SHAPES = {"events": ("leads", '{"leads": [{"contact": {...}, "events": [...]}]}
            "table": ("rows", '{"rows": [{column: value, ...}]} with the columns GET /model lists')}
 
 
-def _invalid(exc: ValidationError, kind: str) -> Response:
+def _invalid(exc: ValidationError | T.BodyInvalid, kind: str) -> Response:
     """The 400 (not JSON) or 422 answer to a body that failed validation."""
     details = _validation_details(exc)
     if any(d["type"] == "json_invalid" for d in details):
@@ -396,7 +437,7 @@ class ScoreEndpoint:
         authorization = length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
-                authorization = value.decode("latin-1")
+                authorization = value
             elif name == b"content-length":
                 length = value
         denied = svc.check_access(authorization, scope.get("server"))
@@ -406,34 +447,57 @@ class ScoreEndpoint:
         if not isinstance(body, bytes):
             return body
         state = svc._state or await svc.wait_state()
+        large = len(body) > T.LARGE_BODY_BYTES  # decoded in a thread, a lead or row per call
         if state.kind == "table":
             try:
-                payload = T.TABLE_REQUEST.validate_json(body)
-            except ValidationError as e:
+                if large:
+                    payload = await asyncio.to_thread(T.validate_table_large, body)
+                else:
+                    payload = T.TABLE_REQUEST.validate_json(body)
+            except (ValidationError, T.BodyInvalid) as e:
                 return _invalid(e, "table")
-            if len(payload["rows"]) <= _INLINE_MAX_LEADS:
+            if len(payload["rows"]) <= _INLINE_MAX_LEADS and not large:
                 return svc.score_rows(payload, state)
             return await asyncio.to_thread(svc.score_rows, payload, state)
         now = _now()
-        decoded = T.decode_columns(body, now=now)
-        if decoded is not None:
-            cols, mode = decoded
-        else:  # not for the fast decoder: pydantic accepts it, or names what is wrong
-            try:
-                payload = T.SCORE_REQUEST.validate_json(body)
-            except ValidationError as e:
-                return _invalid(e, "events")
-            try:
-                cols = T.to_columns(payload, now=now)
-            except T.RequestError as e:
-                return _error(422, "invalid request", e.errors)
-            mode = payload.get("reasons", "all")
+        decoded = await asyncio.to_thread(_decode_large, body, now) if large \
+            else _decode(body, now)
+        if isinstance(decoded, Response):
+            return decoded
+        cols, mode = decoded
         n = len(cols.contact_ids)
-        if n == 1:
+        if n == 1 and not large:
             return await svc.score_one(cols, mode, now, state)
-        if n <= _INLINE_MAX_LEADS:
+        if n <= _INLINE_MAX_LEADS and not large:
             return svc.score_columns(cols, mode, now, state)
         return await asyncio.to_thread(svc.score_columns, cols, mode, now, state)
+
+
+def _decode(body: bytes, now: dt.datetime) -> tuple[T.LeadColumns, str] | Response:
+    """The columns and reasons mode of an event request's body, or its 4xx."""
+    decoded = T.decode_columns(body, now=now)
+    if decoded is not None:
+        return decoded
+    try:  # not for the fast decoder: pydantic accepts it, or names what is wrong
+        payload = T.SCORE_REQUEST.validate_json(body)
+    except ValidationError as e:
+        return _invalid(e, "events")
+    try:
+        cols = T.to_columns(payload, now=now)
+    except T.RequestError as e:
+        return _error(422, "invalid request", e.errors)
+    return cols, payload.get("reasons", "all")
+
+
+def _decode_large(body: bytes, now: dt.datetime) -> tuple[T.LeadColumns, str] | Response:
+    """:func:`_decode` of a body above :data:`serving.api_types.LARGE_BODY_BYTES`, a lead per
+    decoder call (:func:`serving.api_types.decode_large`; run in a worker thread)."""
+    try:
+        return T.decode_large(body, now=now)
+    except (ValidationError, T.BodyInvalid) as e:
+        return _invalid(e, "events")
+    except T.RequestError as e:
+        return _error(422, "invalid request", e.errors)
 
 
 async def model(request: Request) -> Response:
@@ -454,8 +518,11 @@ async def reload(request: Request) -> Response:
     if denied is not None:
         return denied
     await svc.wait_state()
-    state = await asyncio.to_thread(svc.reload, force=True)
-    return Response(json.dumps(state.info()).encode(), media_type=_JSON)
+    state, failure = await asyncio.to_thread(svc.reload_report, force=True)
+    info = state.info()
+    if failure is not None:
+        info["reload_error"] = failure
+    return Response(json.dumps(info).encode(), media_type=_JSON)
 
 
 async def openapi(request: Request) -> Response:
@@ -554,7 +621,9 @@ class LeadScoringService:
         self.max_body = int(_env_float("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES))
         self.reload_seconds = _env_float("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
         self._state: ScorerState | None = None
-        self._failed_version: str | None = None
+        self._failed_version: str | None = None  # a champion version that did not load
+        self._retries = 0  # its failures after the first
+        self._retry_at = 0.0  # time.monotonic() after which the poll retries it
         self._reload_lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -589,20 +658,31 @@ class LeadScoringService:
             except Exception as e:  # never let the poll die
                 log.warning("champion poll failed (%s)", type(e).__name__)
 
-    def _champion_version(self) -> str | None:
+    def _champion_version(self) -> tuple[str | None, str | None]:
+        """The champion's version, or None and why (the kind of failure only)."""
         from training.registry import resolve
 
         try:
-            return resolve(self.model_uri)[2]
-        except Exception:
-            return None
+            return resolve(self.model_uri)[2], None
+        except Exception as e:  # no champion, or the registry cannot be read
+            return None, f"registry: {type(e).__name__}"
 
     def reload(self, *, force: bool) -> ScorerState:
         """Load the champion when its version changed (always with ``force``); swap atomically.
+        The state that answers afterwards (see :meth:`reload_report`)."""
+        return self.reload_report(force=force)[0]
 
-        A loaded model is never replaced by the rules: when the registry cannot be read, or a
-        new champion's artifact does not load, the model that answers keeps answering (the
-        failure is logged and shown by ``GET /model``). Without any model, the rules answer.
+    def reload_report(self, *, force: bool) -> tuple[ScorerState, str | None]:
+        """Load the champion when its version changed (always with ``force``); swap atomically.
+        The state that answers afterwards, and why the champion was not loaded (None when it
+        was, or when nothing had to change).
+
+        A loaded model is never replaced by the rules: when the registry cannot be read, or
+        the champion's artifact does not load, the model that answers keeps answering (the
+        failure is logged by kind, answered by ``POST /reload`` and, for a version that does
+        not load, shown by ``GET /model``). Without any model, the rules answer. The poll
+        retries a version that failed to load after :meth:`_retry_delay` (doubling each time,
+        at most :data:`_RETRY_MAX_SECONDS`); ``force`` always retries.
         """
         from training.model import RulesOnly
         from training.registry import load_scorer
@@ -611,10 +691,12 @@ class LeadScoringService:
         with self._reload_lock:
             current = self._state
             serving_model = current is not None and current.version is not None
-            version = self._champion_version()
+            version, unread = self._champion_version()
             if not force and current is not None:
-                if version is None or version == current.version or version == self._failed_version:
-                    return current  # no (readable) champion, the same one, or one that failed
+                if version is None or version == current.version:
+                    return current, None  # no (readable) champion, or the same one
+                if version == self._failed_version and time.monotonic() < self._retry_at:
+                    return current, None  # it failed to load: retried after a backoff
             started = time.perf_counter()
             rules = current.rules if current is not None else None
             scorer = load_scorer(self.model_uri, num_threads=1,
@@ -627,21 +709,40 @@ class LeadScoringService:
                 state = ScorerState(RulesOnly(rules.rules if rules is not None else RuleScorer(),
                                               reason=f"model unusable ({type(e).__name__})"),
                                     None, _iso(_now()))
-            if state.version is None and version is not None:
-                self._failed_version = version
+            if state.version is None:  # no model loaded: the rules, and why
+                failure = str(getattr(state.scorer, "reason", None) or "no model")
+                if version is None and unread is not None:
+                    failure = f"{failure}; {unread}"
+                if version is not None:
+                    self._note_failure(version)
                 if serving_model:
-                    log.warning("champion version %s could not be loaded; version %s keeps "
-                                "answering", version, current.version)
-                    current.failed_version = version
-                    return current
-            elif state.version is not None:
-                self._failed_version = None
+                    if version is not None:
+                        current.failed_version = version
+                    log.warning("the champion (version %s) could not be loaded (%s); version %s "
+                                "keeps answering", version or "unknown", failure, current.version)
+                    return current, failure
+            else:
+                self._failed_version, self._retries, failure = None, 0, None
             state.rules = _rules_of(state.scorer, rules)
             self._state = state
             info = state.info()
             log.info("scorer loaded: %s %s version %s in %.1fs", info["scorer"], info["name"],
                      info["version"], time.perf_counter() - started)
-            return state
+            return state, failure
+
+    def _note_failure(self, version: str) -> None:
+        """Remember that ``version`` did not load, and when the poll may retry it."""
+        if version == self._failed_version:
+            self._retries += 1
+        else:
+            self._failed_version, self._retries = version, 0
+        self._retry_at = time.monotonic() + self._retry_delay()
+
+    def _retry_delay(self) -> float:
+        """Seconds before the poll retries a version that failed to load: the poll interval,
+        doubled at each new failure, at most :data:`_RETRY_MAX_SECONDS`."""
+        first = max(self.reload_seconds, 1.0)
+        return min(first * 2.0 ** min(self._retries, 30), max(first, _RETRY_MAX_SECONDS))
 
     async def wait_state(self) -> ScorerState:
         """The current state, waiting for the first load if needed."""
@@ -658,7 +759,7 @@ class LeadScoringService:
         """None when the request may go on; else the 401/403 answer."""
         return self.check_access(request.headers.get("authorization"), request.scope.get("server"))
 
-    def check_access(self, authorization: str | None, server: Any) -> Response | None:
+    def check_access(self, authorization: bytes | str | None, server: Any) -> Response | None:
         """None when a request with this ``Authorization`` header, received on the ``server``
         address, may go on; else the 401/403 answer."""
         if self.keys:
@@ -750,6 +851,7 @@ class LeadScoringService:
                 log.error("rule scoring failed (%s)", type(e).__name__)
                 return _error(422, "the leads could not be scored",
                               [{"field": "leads", "message": type(e).__name__, "type": "scoring"}])
+        _mark_not_eligible(scores, features["stage"])
         return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
 
     def score_rows(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
@@ -799,6 +901,28 @@ def _rules_of(scorer: Any, previous: Any) -> Any:
     return previous if previous is not None else RulesOnly(RuleScorer())
 
 
+#: Why the nightly batch would leave a lead out, by its stage at the as-of date (the reasons
+#: of :func:`serving.batch.eligibility`; created after as_of is a 422 here).
+_NOT_ELIGIBLE: dict[str, str] = {**{s: "converted" for s in schema.CONVERTED_STAGES},
+                                 "disqualified": "disqualified"}
+assert set(_NOT_ELIGIBLE) == set(schema.NOT_SCORED_STAGES)
+
+
+def _mark_not_eligible(scores: list[dict[str, Any]], stages: np.ndarray) -> None:
+    """Add ``not_eligible`` to the scores of leads the nightly batch would not score (already
+    converted, or disqualified, at the as-of date); eligible leads' scores stay as they are."""
+    if len(stages) == 1:
+        why = _NOT_ELIGIBLE.get(stages[0])
+        if why is not None:
+            scores[0]["not_eligible"] = why
+        return
+    get = _NOT_ELIGIBLE.get
+    for score, stage in zip(scores, stages.tolist()):
+        why = get(stage)
+        if why is not None:
+            score["not_eligible"] = why
+
+
 _REASONS: dict[str, Any] = {"all": True, "none": False, "top": "top"}
 _TOP_BANDS = ("A", "B")  # as `leadscore score --reasons top`
 
@@ -807,8 +931,6 @@ def _score_frame(scorer: Any, features: dict[str, np.ndarray], cols: T.LeadColum
                  scored_at: str, mode: str) -> list[dict[str, Any]]:
     """Score through the scorer's DataFrame API (rules, or a model without fast path)."""
     import pandas as pd
-
-    from features import schema
 
     n = len(cols.contact_ids)
     frame = pd.DataFrame({"contact_id": np.array(cols.contact_ids, dtype=object),

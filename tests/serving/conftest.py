@@ -27,7 +27,8 @@ X_EDUCATION_CONFIG = REPO / "conf" / "datasets" / "x_education.yaml"
 FAST_TABLE_TRAINING = {"lgbm_params": {"learning_rate": 0.1}, "num_boost_round": 300,
                        "early_stopping_rounds": 30, "gate": {"min_train_positives": 50}}
 API_KEY = "test-key-1"
-API_KEYS = f"{API_KEY}, test-key-2"
+NON_ASCII_KEY = "test-cl\u00e9-\u20ac-3"  # keys are UTF-8
+API_KEYS = f"{API_KEY}, test-key-2, {NON_ASCII_KEY}"
 MAX_BODY = 1_000_000  # bytes, small enough to test the 413 cheaply
 
 
@@ -336,6 +337,7 @@ class Kit:
     """What the tests need besides fixtures: constants and the server/registry helpers."""
 
     api_key: str = API_KEY
+    non_ascii_key: str = NON_ASCII_KEY
     max_body: int = MAX_BODY
     start_server = staticmethod(start_server)
     stop_server = staticmethod(stop_server)

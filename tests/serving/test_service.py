@@ -99,8 +99,24 @@ def test_bearer_keys_are_compared_exactly():
     keys = parse_api_keys(" a1 ,b2,, ")
     assert keys == (b"a1", b"b2")
     assert authorized("Bearer a1", keys) and authorized("Bearer b2", keys)
-    for header in (None, "", "a1", "Bearer ", "Bearer a", "Bearer a1x", "bearer a1", "Basic a1"):
-        assert not authorized(header, keys)
+    for header in (None, "", "a1", "Bearer ", "Bearer a", "Bearer a1x", "Basic a1", "Bearera1",
+                   "Bearer A1", b"Bearer a", "B\u00e9arer a1"):
+        assert not authorized(header, keys), header
+
+
+def test_bearer_scheme_is_case_insensitive_and_keys_are_bytes():
+    """RFC 7235: the scheme in any case; a key with non-ASCII characters matches when the
+    client sends it in UTF-8, whether the header comes as received bytes (the /score path)
+    or as text decoded latin-1 (Starlette's headers)."""
+    keys = parse_api_keys("k1,cl\u00e9-\u00fc\u20ac")
+    assert keys == (b"k1", "cl\u00e9-\u00fc\u20ac".encode())
+    for header in ("bearer k1", "BEARER k1", "BeArEr  k1 ", b"bearer k1", b"Bearer k1"):
+        assert authorized(header, keys), header
+    wire = "Bearer cl\u00e9-\u00fc\u20ac".encode()  # what an HTTP client sends
+    assert authorized(wire, keys)
+    assert authorized(wire.decode("latin-1"), keys)  # as ASGI frameworks decode it
+    assert not authorized("Bearer cl\u00e9-\u00fc\u20ac".encode("latin-1", "replace"), keys)
+    assert not authorized("Bearer cle-u", keys)
 
 
 # -- request parsing (no server) ------------------------------------------------------------------
@@ -137,12 +153,11 @@ def _same_columns(a: T.LeadColumns, b: T.LeadColumns) -> None:
             assert u.dtype == v.dtype and np.array_equal(u, v), f
 
 
-def test_fast_decoder_takes_what_pydantic_takes_with_the_same_columns():
-    """decode_columns either leaves a body to pydantic (None) or gives exactly the columns of
-    SCORE_REQUEST + to_columns; it never takes a body that pydantic rejects."""
-    from pydantic import ValidationError
+NOW = dt.datetime(2030, 1, 1)
 
-    now = dt.datetime(2030, 1, 1)
+
+def tricky_bodies() -> list[bytes]:
+    """Valid, invalid and borderline request bodies (types, limits, timestamps, JSON)."""
     contact = {"contact_id": "c1", "created_at": "2025-01-01T01:50:54", "email": "a@b-c.nl",
                "phone": "+31 581 63058393", "employees": 1700.0, "country": "NL", "do_not_email": False}
 
@@ -193,30 +208,144 @@ def test_fast_decoder_takes_what_pydantic_takes_with_the_same_columns():
         "512 characters": body_of([lead(company_name="\u00e9" * 512)]),
         "empty id": body_of([lead(contact_id="")]),
         "number id": body_of([lead(contact_id=5)]),
+        # created after as_of: rejected; without as_of, up to T.CLOCK_SKEW after now is now
+        "created after as_of": body_of([lead()], as_of="2024-12-31T23:59:59"),
+        "one of many created after as_of": body_of([lead(contact_id=f"c{k}") for k in range(6)]
+                                                   + [lead(created_at="2026-07-01")],
+                                                   as_of="2026-06-30"),
+        "created at as_of": body_of([lead(created_at="2026-06-30")] * 6, as_of="2026-06-30"),
+        "created just after now": body_of([lead(created_at="2030-01-01T00:04:59Z")]),
+        "some created just after now": body_of([lead(created_at=f"2030-01-01T00:0{k}:00")
+                                                for k in range(5)] + [lead()] * 3),
+        "created after now": body_of([lead(created_at="2030-01-01T00:05:01")]),
+        "one of many created after now": body_of([lead()] * 7 + [lead(created_at="2030-01-01T01:00")]),
+        # the limits and shapes of the whole body
+        "too many leads": body_of(_many(1001)),
+        "too many bad leads": body_of([{"contact": {"contact_id": ""}}] * 1001, as_of="x"),
+        "many bad leads": body_of([lead(employees="x", contact_id=f"c{k}") for k in range(30)],
+                                  as_of="x", reasons="x", extra=1),
+        "no leads": body_of([], as_of="x"),
+        "leads not a list": {"leads": {"contact": {"contact_id": "a"}}},
+        "no leads key": {"as_of": "2026-01-01"},
+        "only extras": {"leads": [lead()], "zz": [1, 2], "aa": None},
     }
-    raw = [json.dumps(b).encode() for b in bodies.values()] + [
+    return [json.dumps(b).encode() for b in bodies.values()] + [
         b'{"leads": [{"contact": {"contact_id": "a", "employees": 1e400}}]}',
         b'{"leads": [{"contact": {"contact_id": "a", "employees": NaN}}]}',
         b'{"leads": [{"contact": {"contact_id": "a", "employees": 123456789012345678901234567890}}]}',
         b'{"leads": [{"contact": {"contact_id": "a"}}], "leads": []}',
+        b'{"leads": [], "leads": [{"contact": {"contact_id": "a"}}]}',
         b'{"leads": [{"contact": {"contact_id": "\\ud800"}}]}',
         b'{"leads": [{"contact": {"contact_id": "a\xff"}}]}',
-        b"[1, 2]", b"", b"{not json"]
+        b'{"leads": [' + b'{"contact": {"contact_id": ""}}, ' * 25 + b'{"contact": {"contact_id": "\xff"}}]}',
+        b"[1, 2]", b"", b"{not json", b'{"leads": [{"contact": {"contact_id": "a"}} ',
+        b'  {"leads": [{"contact": {"contact_id": "a"}}]}  ']
+
+
+def one_call(body: bytes):
+    """SCORE_REQUEST + to_columns of a body: (columns, reasons mode) or the exception."""
+    from pydantic import ValidationError
+
+    try:
+        payload = T.SCORE_REQUEST.validate_json(body)
+        return T.to_columns(payload, now=NOW), payload.get("reasons", "all")
+    except (ValidationError, T.RequestError) as e:
+        return e
+
+
+def test_fast_decoder_takes_what_pydantic_takes_with_the_same_columns():
+    """decode_columns either leaves a body to pydantic (None) or gives exactly the columns of
+    SCORE_REQUEST + to_columns; it never takes a body that pydantic rejects."""
     taken = 0
-    for body in raw:
-        fast = T.decode_columns(body, now=now)
-        try:
-            payload = T.SCORE_REQUEST.validate_json(body)
-            slow = (T.to_columns(payload, now=now), payload.get("reasons", "all"))
-        except (ValidationError, T.RequestError):
-            slow = None
+    for body in tricky_bodies():
+        fast = T.decode_columns(body, now=NOW)
+        slow = one_call(body)
         if fast is None:
             continue
-        assert slow is not None, body[:120]
+        assert not isinstance(slow, Exception), body[:120]
         _same_columns(fast[0], slow[0])
         assert fast[1] == slow[1]
         taken += 1
     assert taken >= 10  # the usual shapes go the fast way
+
+
+def _errors(e: Exception) -> list[tuple]:
+    if isinstance(e, T.RequestError):
+        return [(d["field"], d["type"], d["message"]) for d in e.errors]
+    return [(tuple(d["loc"]), d["type"], d["msg"]) for d in
+            e.errors(include_url=False, include_context=False, include_input=False)][:T.MAX_ERRORS]
+
+
+def test_large_bodies_decoded_a_lead_at_a_time_answer_as_in_one_call():
+    """decode_large (bodies above LARGE_BODY_BYTES, a lead per decoder call, in a worker
+    thread) gives the columns, or the first MAX_ERRORS errors, of the one-call path."""
+    from pydantic import ValidationError
+
+    seen = set()
+    for body in tricky_bodies():
+        want = one_call(body)
+        try:
+            got = T.decode_large(body, now=NOW)
+        except (ValidationError, T.BodyInvalid, T.RequestError) as e:
+            assert isinstance(want, Exception), (body[:120], e)
+            assert _errors(e) == _errors(want), body[:120]
+            seen.add(type(e).__name__)
+            continue
+        assert not isinstance(want, Exception), body[:120]
+        _same_columns(got[0], want[0])
+        assert got[1] == want[1]
+        seen.add("ok")
+    assert seen == {"ok", "BodyInvalid", "ValidationError", "RequestError"}
+
+
+def test_large_table_bodies_validated_a_row_at_a_time_answer_as_in_one_call():
+    from pydantic import ValidationError
+
+    row = {"Lead Key": "L-1", "Pages Seen": "5", "Minutes On Site": 12.5, "Won": True, "x": None}
+    bodies = [{"rows": [row] * 30, "reasons": "top"}, {"rows": [row, {}, dict(row, y=[1])]},
+              {"rows": [dict(row, z="x" * 5000)] * 25, "reasons": "x", "q": 1},
+              {"rows": [row] * 1001}, {"rows": []}, {"rows": {"a": 1}}, {"reasons": "all"},
+              {"rows": [{"n": float(i)} for i in range(40)]}]
+    seen = set()
+    for body in [json.dumps(b).encode() for b in bodies] + [b'{"rows": [{"a": NaN}]}', b"[]"]:
+        try:
+            want = T.TABLE_REQUEST.validate_json(body)
+        except ValidationError as e:
+            want = e
+        try:
+            got = T.validate_table_large(body)
+        except (ValidationError, T.BodyInvalid) as e:
+            assert isinstance(want, Exception) and _errors(e) == _errors(want), body[:100]
+            seen.add("error")
+            continue
+        assert got == want
+        seen.add("ok")
+    assert seen == {"ok", "error"}
+
+
+def test_leads_created_after_as_of_are_rejected_by_name():
+    """The nightly batch leaves out a lead created after the as-of date
+    (``created_after_as_of``): a request naming such a lead is bad input, the field named as
+    every other field (``leads.1.contact.created_at``); without as_of, a creation up to
+    CLOCK_SKEW after now (a CRM's clock slightly ahead) counts as now."""
+    def lead(i, created):
+        return {"contact": {"contact_id": f"c{i}", "created_at": created}}
+
+    body = json.dumps(body_of([lead(0, "2026-01-01"), lead(1, "2026-03-01T00:00:01Z"),
+                               lead(2, "2026-03-01")], as_of="2026-03-01")).encode()
+    for e in (one_call(body), pytest.raises(T.RequestError, T.decode_large, body, now=NOW).value):
+        assert isinstance(e, T.RequestError)
+        assert [(d["field"], d["type"]) for d in e.errors] == [
+            ("leads.1.contact.created_at", "created_after_as_of")]
+    assert T.decode_columns(body, now=NOW) is None  # left to the path that names the field
+    soon = NOW + T.CLOCK_SKEW
+    cols, _ = one_call(json.dumps(body_of([lead(0, soon.isoformat()), lead(1, "2029-01-01")])).encode())
+    assert cols.created_ns.tolist() == [int((NOW - dt.datetime(1970, 1, 1)).total_seconds() * 1e9),
+                                        int((dt.datetime(2029, 1, 1) - dt.datetime(1970, 1, 1)).total_seconds() * 1e9)]
+    late = one_call(json.dumps(body_of([lead(0, (soon + dt.timedelta(seconds=1)).isoformat())])).encode())
+    assert isinstance(late, T.RequestError) and late.errors[0]["field"] == "leads.0.contact.created_at"
+    explicit = one_call(json.dumps(body_of([lead(0, "2026-03-01T00:01:00")], as_of="2026-03-01")).encode())
+    assert isinstance(explicit, T.RequestError)  # no tolerance for an explicit as_of
 
 
 def test_column_timestamps_equal_pythons():
@@ -377,13 +506,14 @@ def test_scores_in_request_order_and_same_as_batch(server, trained, store):
     assert r.status_code == 200, r.text
     scores = r.json()["scores"]
     assert [s["contact_id"] for s in scores] == ids
-    assert list(scores[0]) == list(schema.OUTPUT_COLUMNS)
+    assert {tuple(s)[:len(schema.OUTPUT_COLUMNS)] for s in scores} == {tuple(schema.OUTPUT_COLUMNS)}
 
     configure_tracking(store)  # the store the server reads
     scorer = load_scorer(num_threads=1)
     assert scorer.scorer == "model"
     feats = Snapshotter(base.contacts, base.events, base.stages).features_at(base.until, eligible_only=False)
     feats = feats.set_index("contact_id", drop=False).loc[ids].reset_index(drop=True)
+    _not_eligible_as_batch(scores, feats)
     want = scorer.score(feats, scored_at=pd.Timestamp.now(), reasons=True)
     assert [s["probability"] for s in scores] == want["probability"].tolist()
     assert [s["score"] for s in scores] == want["score"].tolist()
@@ -391,6 +521,78 @@ def test_scores_in_request_order_and_same_as_batch(server, trained, store):
     assert [s["reasons"] for s in scores] == [json.loads(json.dumps(x)) for x in want["reasons"]]
     assert {s["scorer"] for s in scores} == {"model"} and {s["model_version"] for s in scores} == {"1"}
     assert singles == [dict(s, scored_at=one["scored_at"]) for s, one in zip(scores[:5], singles)]
+
+
+def _not_eligible_as_batch(scores: list[dict], feats: pd.DataFrame) -> None:
+    """Each score says ``not_eligible`` exactly where the nightly batch leaves the lead out
+    (:func:`serving.batch.eligibility`), with the reason it counts it under."""
+    from serving.batch import eligibility
+
+    keep, _ = eligibility(feats)
+    stage = feats["stage"].to_numpy(dtype=object)
+    want = [None if k else ("converted" if s in schema.CONVERTED_STAGES else "disqualified")
+            for k, s in zip(keep, stage)]
+    assert [s.get("not_eligible") for s in scores] == want
+    assert all(set(s) <= {*schema.OUTPUT_COLUMNS, "not_eligible"} for s in scores)
+
+
+@pytest.mark.slow
+def test_leads_the_batch_would_not_score(server, trained):
+    """Converted (opportunity or later) and disqualified leads are scored, each score saying
+    why the nightly batch leaves the lead out (``not_eligible``, batch's reasons; absent for
+    an eligible lead), by the stage at as_of, one lead or many, model or rules; a lead
+    created after as_of is a 422 naming its ``created_at``."""
+    base = trained.base
+    as_of = base.until
+    feats = Snapshotter(base.contacts, base.events, base.stages).features_at(as_of, eligible_only=False)
+    picks = []
+    for stage in ("opportunity", "customer", "disqualified", "mql", "lead", "cold"):
+        picks += feats.loc[(feats["stage"] == stage) & (feats["contact_age_days"] >= 0),
+                           "contact_id"].head(3).tolist()
+    rows = feats.set_index("contact_id", drop=False).loc[picks].reset_index(drop=True)
+    leads = [lead_record(base, i) for i in picks]
+    later = {"contact": {"contact_id": "later", "created_at": "2026-01-01T00:00:00Z"},
+             "stages": [{"ts": "2026-01-02T00:00:00Z", "stage": "customer"}]}
+    with server.client() as c:
+        r = c.post("/score", json=body_of(leads, as_of=as_of.isoformat()))
+        singles = [c.post("/score", json=body_of([lead], as_of=as_of.isoformat())).json()["scores"][0]
+                   for lead in leads]
+        late = c.post("/score", json=body_of(leads[:2] + [later], as_of="2025-12-31T23:00:00"))
+        schema_ = c.get("/openapi.json").json()
+    assert r.status_code == 200, r.text
+    assert {"converted", "disqualified", None} == {s.get("not_eligible") for s in r.json()["scores"]}
+    _not_eligible_as_batch(r.json()["scores"], rows)
+    _not_eligible_as_batch(singles, rows)
+    assert late.status_code == 422, late.text
+    assert [(d["field"], d["type"]) for d in late.json()["detail"]] == [
+        ("leads.2.contact.created_at", "created_after_as_of")]
+    prop = schema_["components"]["schemas"]["LeadScore"]["properties"]["not_eligible"]
+    assert {"converted", "disqualified"} <= set(json.dumps(prop).replace('"', " ").split())
+    assert "not_eligible" not in schema_["components"]["schemas"]["LeadScore"].get("required", [])
+    T.ScoreResponse.model_validate(r.json())  # the response model clients read
+
+
+@pytest.mark.slow
+def test_large_bodies_answer_as_small_ones(server, trained):
+    """A body above LARGE_BODY_BYTES (here: padded with JSON whitespace) is decoded a lead at
+    a time in a worker thread and answers what the same request answers in a small body,
+    scores or errors."""
+    base = trained.base
+    ids = sample_ids(base, 6, seed=4)
+    small = json.dumps(body_of([lead_record(base, i) for i in ids], as_of=base.until.isoformat(),
+                               reasons="top")).encode()
+    bad = json.dumps(body_of([{"contact": {"contact_id": "a", "employees": "x"}},
+                              {"contact": {"contact_id": "b", "created_at": "2031-01-01"}}])).encode()
+    pad = b" " * (T.LARGE_BODY_BYTES + 1)
+    headers = {"Content-Type": "application/json"}
+    with server.client() as c:
+        answers = [c.post("/score", content=body, headers=headers)
+                   for body in (small, small[:-1] + pad + b"}", bad, bad[:-1] + pad + b"}")]
+    assert [a.status_code for a in answers] == [200, 200, 422, 422]
+    one, big = (a.json()["scores"] for a in answers[:2])
+    assert [dict(s, scored_at=None) for s in one] == [dict(s, scored_at=None) for s in big]
+    assert answers[2].json() == answers[3].json()
+    assert {s["scorer"] for s in big} == {"model"}
 
 
 @pytest.mark.slow
@@ -432,6 +634,18 @@ def test_api_keys(server, kit):
     for key in ("test-key-1", "test-key-2"):
         assert httpx.post(f"{server.url}/score", json=body,
                           headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    for scheme in ("bearer", "BEARER"):  # RFC 7235: the scheme is case-insensitive
+        headers = {"Authorization": f"{scheme} {kit.api_key}"}
+        assert httpx.post(f"{server.url}/score", json=body, headers=headers).status_code == 200
+        assert httpx.get(f"{server.url}/model", headers=headers).status_code == 200
+    # a key with non-ASCII characters, sent in UTF-8: /score reads the raw header bytes,
+    # /model Starlette's (latin-1) text of them
+    utf8 = {"Authorization": b"Bearer " + kit.non_ascii_key.encode()}
+    latin1 = {"Authorization": b"Bearer " + kit.non_ascii_key.encode("latin-1", "replace")}
+    assert httpx.post(f"{server.url}/score", json=body, headers=utf8).status_code == 200
+    assert httpx.get(f"{server.url}/model", headers=utf8).status_code == 200
+    assert httpx.post(f"{server.url}/score", json=body, headers=latin1).status_code == 401
+    assert httpx.get(f"{server.url}/model", headers=latin1).status_code == 401
 
 
 def _many(n: int) -> list[dict]:
@@ -469,6 +683,9 @@ BAD_INPUTS = {
                         "leads.0.events"),
     "not an object": ([1, 2, 3], "body"),
     "bad reasons mode": (body_of([{"contact": {"contact_id": "a"}}], reasons="some"), "reasons"),
+    "created after as_of": (body_of([{"contact": {"contact_id": "a"}},
+                                     {"contact": {"contact_id": "b", "created_at": "2026-03-02"}}],
+                                    as_of="2026-03-01T23:59:59Z"), "leads.1.contact.created_at"),
 }
 
 
@@ -555,6 +772,11 @@ def test_empty_registry_then_a_new_champion_without_restart(trained, servers, em
         assert info["scorer"] == "rules" and "model unavailable" in info["reason"]
         r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))
         assert r.status_code == 200 and r.json()["scores"][0]["scorer"] == "rules"
+        assert "not_eligible" not in r.json()["scores"][0]
+        converted = {"contact": {"contact_id": "b"}, "stages": [{"ts": "2026-01-01", "stage": "customer"}]}
+        r = c.post("/score", json=body_of([converted], as_of="2026-02-01"))
+        assert r.json()["scores"][0]["scorer"] == "rules"
+        assert r.json()["scores"][0]["not_eligible"] == "converted"
         version = kit.register(empty_store, trained.model)
         deadline = time.monotonic() + 60
         while c.get("/model").json()["scorer"] != "model" and time.monotonic() < deadline:
