@@ -322,11 +322,15 @@ class BaseKeys:
         return info
 
 
-def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size: int) -> BaseKeys:
+def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size: int, *,
+              reject_after_as_of: bool = False) -> BaseKeys:
     """Step 1: read the key columns of the whole base and link duplicates; bucket every contact.
 
     Only ``contact_id``, ``created_at`` and ``email`` of the contacts are read (in batches: the
     emails are normalised batch by batch), and the stage changes' timestamps for the data's end.
+    The export instant (events and stage changes after it are future timestamps) is the as-of
+    date with ``reject_after_as_of`` (as :func:`features.loading.load_base` with ``until``),
+    else the later of the as-of date and the data's end.
     Memory: the key columns and their links (about 0.2 GB per million contacts at the step's
     peak), never the contact rows.
     """
@@ -374,7 +378,7 @@ def link_base(paths: dict[str, Path], as_of_opt: pd.Timestamp | None, chunk_size
     if end is None:
         end = _events_end(paths["events"]) or data_end(pd.DataFrame({"ts": []}), pd.DataFrame({"ts": []}))
     as_of = as_of_opt if as_of_opt is not None else end
-    export = max(as_of, end)
+    export = as_of if reject_after_as_of else max(as_of, end)
 
     rows_np = np.concatenate(rows)
     id_arr = pa.chunked_array([c for a in ids for c in a.chunks], type=pa.large_string()).combine_chunks()
@@ -426,10 +430,11 @@ def _str_frame_col(arr: pa.Array | pa.ChunkedArray) -> pd.Series:
 
 
 def _prepare_keys(paths: dict[str, Path], prep_dir: str, as_of_opt: pd.Timestamp | None,
-                  chunk_size: int) -> dict[str, Any]:
+                  chunk_size: int, reject_after_as_of: bool = False) -> dict[str, Any]:
     """Step 1 written to ``prep_dir``. Runs in a child process when there are workers: its memory
     (the key columns of the whole base) goes back to the system before step 2 starts."""
-    return link_base(paths, as_of_opt, chunk_size).save(Path(prep_dir))
+    return link_base(paths, as_of_opt, chunk_size,
+                     reject_after_as_of=reject_after_as_of).save(Path(prep_dir))
 
 
 # ---------------------------------------------------------------------------
@@ -629,14 +634,18 @@ def read_bucket(prep: Path, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 
 def prepare(paths: dict[str, Path], prep: Path, as_of_opt: pd.Timestamp | None, chunk_size: int,
-            *, run: Runner, child: bool, console: Any | None) -> dict[str, Any]:
+            *, run: Runner, child: bool, console: Any | None,
+            reject_after_as_of: bool = False) -> dict[str, Any]:
     """Steps 1-2: the base linked and every table split by bucket into the directory ``prep``.
 
     ``paths``: the file or directory of each table (:func:`table_path`); ``as_of_opt``: the
     as-of date (default: the data's end); ``chunk_size``: contacts per bucket; ``run``: runs
-    step 2's slices; ``child``: step 1 in a child process. Step 1 is kept once finished, and
-    so is every committed slice of step 2 (what ``--resume`` relies on). Returns the
-    preparation's summary (also in ``prep/done.json``).
+    step 2's slices; ``child``: step 1 in a child process; ``reject_after_as_of``: events and
+    stage changes after the as-of date are rejected as future timestamps, as
+    :func:`features.loading.load_base` does with ``until`` (by default they are rejected only
+    after the data's end, and those after the as-of date are kept, unused). Step 1 is kept
+    once finished, and so is every committed slice of step 2 (what ``--resume`` relies on).
+    Returns the preparation's summary (also in ``prep/done.json``).
     """
     t0 = time.perf_counter()
     keys_json = prep / "keys.json"
@@ -647,9 +656,10 @@ def prepare(paths: dict[str, Path], prep: Path, as_of_opt: pd.Timestamp | None, 
         prep.mkdir(parents=True)
         if child:
             with process_pool(1) as pool:
-                info = pool.submit(_prepare_keys, paths, str(prep), as_of_opt, chunk_size).result()
+                info = pool.submit(_prepare_keys, paths, str(prep), as_of_opt, chunk_size,
+                                   reject_after_as_of).result()
         else:
-            info = _prepare_keys(paths, str(prep), as_of_opt, chunk_size)
+            info = _prepare_keys(paths, str(prep), as_of_opt, chunk_size, reject_after_as_of)
     say(console, f"{info['contacts']:,} contacts (of {info['contacts_read']:,} read) in "
                  f"{info['n_buckets']} chunks; as-of {info['as_of']}")
     t1 = time.perf_counter()

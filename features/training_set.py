@@ -10,12 +10,18 @@ contacts; the buckets' rows are put back in the whole-base order (as-of date, th
 contact's row in the input), so both builds give the same frame.
 
 Memory: the workers hold one bucket each; the caller holds the training set itself.
+
+:func:`prepared_base` (the base partitioned in a temporary directory, with the pool that
+runs one call per bucket) and :func:`bucket_snapshots` also serve the one-date feature
+table (:mod:`features.feature_table`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +43,7 @@ from features.partition import (
     release_cached_files,
     table_path,
 )
-from features.tasks import Progress, local_runner
+from features.tasks import Call, Progress, local_runner
 
 #: contacts per bucket: a worker's snapshots of a bucket stay in the hundreds of MB
 CHUNK_SIZE = 50_000
@@ -69,6 +75,62 @@ class TrainingSet:
     example: tuple[pd.DataFrame, pd.DataFrame]  # a few clean contacts and their events
 
 
+@dataclass
+class PreparedBase:
+    """A base partitioned by contact in a temporary directory (:func:`prepared_base`)."""
+
+    root: Path  # the temporary directory: ``prep/`` and the caller's own files
+    prep: Path  # the partitioned base (:func:`features.partition.read_bucket`)
+    info: dict[str, Any]  # the preparation's summary (:func:`features.partition.prepare`)
+    workers: int
+
+    def run_buckets(self, calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
+        """Run calls (one per bucket, weighted by contacts) on the pool of workers; in this
+        process when the base is small."""
+        local_runner(self.workers, min_weight=_POOL_MIN_CONTACTS)(calls, on_done)
+
+    def rejects_by_reason(self) -> pd.DataFrame:
+        """The rows rejected while reading the base: ``table, reason, rows``."""
+        return rejects_summary(pd.concat(
+            [pq.read_table(f, columns=["table", "reason"], schema=REJECT_SCHEMA).to_pandas()
+             for f in prepared_rejects(self.prep)], ignore_index=True))
+
+
+@contextlib.contextmanager
+def prepared_base(
+    data_dir: Path | str,
+    *,
+    purpose: str,
+    until: pd.Timestamp | None = None,
+    workdir: Path | str | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    workers: int | None = None,
+    child: bool = False,
+    console: Any | None = None,
+) -> Iterator[PreparedBase]:
+    """The base in ``data_dir`` partitioned into buckets of ``chunk_size`` contacts, in a
+    hidden temporary directory ``.leadscore-<purpose>-*`` under ``workdir`` (default: the
+    system's; created if missing), removed on exit, also after an error (not after a kill).
+
+    ``until``: the export date (default: the data's end); events and stage changes after it
+    are rejected as future timestamps, as :func:`features.loading.load_base` does.
+    ``workers``: processes (default: one per core); ``child``: link the base in a child
+    process when there are workers (its memory goes back to the system before the buckets
+    are built).
+    """
+    workers = max(1, workers or os.cpu_count() or 1)
+    paths = {name: table_path(Path(data_dir), name) for name in schema.TABLES}
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".leadscore-{purpose}-", dir=workdir) as tmp, \
+            release_cached_files():
+        prep = Path(tmp) / "prep"
+        info = prepare(paths, prep, until, chunk_size,
+                       run=local_runner(workers, min_weight=_POOL_MIN_ROWS),
+                       child=child and workers > 1, console=console, reject_after_as_of=True)
+        yield PreparedBase(Path(tmp), prep, info, workers)
+
+
 def partitioned_training_set(
     data_dir: Path | str,
     *,
@@ -95,18 +157,12 @@ def partitioned_training_set(
         Processes (default: one per core).
     """
     config = config or FeatureConfig()
-    workers = max(1, workers or os.cpu_count() or 1)
-    data_dir = Path(data_dir)
-    paths = {name: table_path(data_dir, name) for name in schema.TABLES}
     until_ts = pd.Timestamp(until) if until is not None else None
-    with tempfile.TemporaryDirectory(prefix=".leadscore-training-set-", dir=workdir) as tmp, \
-            release_cached_files():
-        prep, parts = Path(tmp) / "prep", Path(tmp) / "snapshots"
+    # the base linked in this process: its memory is small beside the training set's
+    with prepared_base(data_dir, purpose="training-set", until=until_ts, workdir=workdir,
+                       chunk_size=chunk_size, workers=workers, console=console) as base:
+        prep, parts, info = base.prep, base.root / "snapshots", base.info
         parts.mkdir()
-        # step 1 in this process: its memory is small beside the training set's
-        info = prepare(paths, prep, until_ts, chunk_size,
-                       run=local_runner(workers, min_weight=_POOL_MIN_ROWS), child=False,
-                       console=console)
         end = pd.Timestamp(info["as_of"])
         dates = monthly_as_of_dates(pd.Timestamp(info["created_min"]), end,
                                     horizon_days=config.horizon_days)
@@ -122,12 +178,10 @@ def partitioned_training_set(
                 examples[result[0]] = result[1]
                 advance(weight)
 
-            local_runner(workers, min_weight=_POOL_MIN_CONTACTS)(calls, done)
+            base.run_buckets(calls, done)
         frame = _assemble(parts, n_buckets)
         example = examples[next(k for k, n in enumerate(info["bucket_sizes"]) if n)]
-        rejects = rejects_summary(pd.concat(
-            [pq.read_table(f, schema=REJECT_SCHEMA).to_pandas() for f in prepared_rejects(prep)],
-            ignore_index=True))
+        rejects = base.rejects_by_reason()
     return TrainingSet(frame, dates, end, int(info["contacts"]), int(info["events"]), rejects, example)
 
 
@@ -140,14 +194,17 @@ def first_leads(contacts: pd.DataFrame, events: pd.DataFrame, n: int = 3
 
 
 def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.DataFrame,
-                     as_of_dates: list[pd.Timestamp], config: FeatureConfig) -> pd.DataFrame:
-    """A bucket's snapshots with labels and the contacts' input ``row`` (for the order)."""
+                     as_of_dates: list[pd.Timestamp], config: FeatureConfig, *,
+                     labels: bool = True) -> pd.DataFrame:
+    """A bucket's snapshots, with labels (unless ``labels`` is false) and the contacts' input
+    ``row`` (for the order)."""
     snap = Snapshotter(contacts, events, stages, config)
     row_of = pd.Series(contacts["row"].to_numpy(), index=contacts["contact_id"].astype("str"))
     parts = []
     for t in as_of_dates:
         frame = snap.features_at(t)
-        frame[schema.LABEL] = snap.labels_at(t, frame["contact_id"])
+        if labels:
+            frame[schema.LABEL] = snap.labels_at(t, frame["contact_id"])
         frame["row"] = row_of.reindex(frame["contact_id"]).to_numpy()
         parts.append(frame)
     return pd.concat(parts, ignore_index=True)
@@ -161,12 +218,18 @@ def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
     table = pa.Table.from_pandas(frame, schema=SNAPSHOT_SCHEMA, preserve_index=False)
-    path = Path(parts) / f"part-{k:05d}.arrow"
+    write_arrow_part(table, Path(parts) / f"part-{k:05d}.arrow")
+    return k, first_leads(contacts, events)
+
+
+def write_arrow_part(table: pa.Table, path: Path, *, batch_rows: int | None = None) -> None:
+    """``table`` -> ``path``, uncompressed Arrow IPC in record batches of at most
+    ``batch_rows`` rows (default: the table's chunks), atomically (renamed into place when
+    complete)."""
     tmp = tmp_name(path)
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write_table(table, max_chunksize=batch_rows)
     os.replace(tmp, path)
-    return k, first_leads(contacts, events)
 
 
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:

@@ -58,35 +58,27 @@ def demo_data(
         console.print(f"{name:9s} {len(tables[name]):>12,} rows  {path}")
 
 
-def _load(data: Path, until: str | None):
-    from features.io import DataError
-    from features.loading import load_base
-
-    try:
-        return load_base(data, until=until)
-    except (DataError, FileNotFoundError) as e:
-        fail(str(e))
-
-
 @app.command()
 def features(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
     config: ConfigOpt = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1000, help="Contacts per chunk (memory per worker).")] = 50_000,
 ) -> None:
     """Write the point-in-time feature table at one as-of date, for inspection."""
-    from features.build import build_features
+    from features import schema
     from features.config import FeatureConfig
+    from features.feature_table import write_feature_table
 
-    base = _load(data, as_of)
-    feats = build_features(base.contacts, base.events, base.stages, as_of or base.until,
-                           config=FeatureConfig.from_yaml(config))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    feats.to_parquet(out, index=False)
-    console.print(f"{len(feats):,} eligible contacts x {feats.shape[1] - 2} features at "
-                  f"{pd.Timestamp(as_of or base.until).date()} -> {out}")
-    print_frame(base.rejects_by_reason(), "rejected rows")
+    try:  # bucket by bucket: the base is never held whole (DataError is a ValueError)
+        table = write_feature_table(data, out, as_of=as_of, config=FeatureConfig.from_yaml(config),
+                                    chunk_size=chunk_size, console=console)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"{table.rows:,} eligible contacts x {len(schema.FEATURES)} features at "
+                  f"{table.as_of.date()} -> {out}")
+    print_frame(table.rejects, "rejected rows")
 
 
 def _training_set(data: Path, until: str | None, feature_config, workdir: Path):

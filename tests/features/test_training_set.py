@@ -38,8 +38,9 @@ def test_bucket_by_bucket_equals_the_whole_base(demo_data: Path, tmp_path: Path)
 
 
 def test_until_cuts_the_history_as_the_loader_does(demo_data: Path, tmp_path: Path) -> None:
-    """With an earlier export date the snapshots end a horizon before it, and every label
-    only looks at stage changes known by then."""
+    """With an earlier export date the snapshots end a horizon before it, every label only
+    looks at stage changes known by then, and the later rows are rejected as future
+    timestamps, as the loader rejects them."""
     config = FeatureConfig()
     until = pd.Timestamp("2026-03-15")
     base = load_base(demo_data, until=until)
@@ -50,6 +51,8 @@ def test_until_cuts_the_history_as_the_loader_does(demo_data: Path, tmp_path: Pa
 
     assert max(got.as_of_dates) <= until - pd.Timedelta(days=config.horizon_days)
     pd.testing.assert_frame_equal(got.frame, expected)
+    pd.testing.assert_frame_equal(got.rejects, base.rejects_by_reason())
+    assert got.events == len(base.events) and got.until == until
 
 
 def test_csv_input_equals_the_whole_base_of_the_same_csv(demo_data: Path, tmp_path: Path) -> None:
