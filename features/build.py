@@ -3,8 +3,11 @@
 A :class:`Snapshotter` encodes contacts, events and stage changes once; ``features_at(T)``
 then builds the feature row of every contact as it was known at ``T`` (only events and stage
 changes with timestamps ``<= T``; attributes are those of the contact's record, which hygiene
-fills only from duplicates created at the same instant; ``do_not_email`` is dated by the
-unsubscribe it traces, :func:`do_not_email_at`), and ``labels_at(T)`` tells who reached
+fills from its duplicates: a field filled from a duplicate created after ``T`` (hygiene's
+``filled_fields`` and ``filled_at``) reads as missing at ``T``, through fit features computed
+once without those fields for the few contacts concerned (:func:`unfilled_fit`); at the data's
+end everything is filled; ``do_not_email`` is also dated by the unsubscribe it traces,
+:func:`do_not_email_at`), and ``labels_at(T)`` tells who reached
 opportunity within the horizon after ``T``. :func:`build_features` (batch) and
 :func:`build_training_set` (many as-of dates) go through it; :func:`lead_feature_columns`
 (the HTTP service) and :func:`features_for_leads` (the MLflow pyfunc) encode a few leads
@@ -88,6 +91,7 @@ class Snapshotter:
             pd.to_datetime(contacts["created_at"]).to_numpy(dtype="datetime64[ns]").view("int64")
         )
         self.fit = fit_features(contacts)
+        self.unfilled = unfilled_fit(contacts, self.config)
         self.events = encode_events(events, self.ids)
         self.stages = encode_stages(stages, self.ids)
 
@@ -98,7 +102,8 @@ class Snapshotter:
         converted nor disqualified are kept, as for training and nightly scoring.
         """
         t = pd.Timestamp(as_of).as_unit("ns")
-        columns, keep = snapshot_columns(self.fit, self.created_ns, self.stages, self.events, t,
+        fit = self.fit if self.unfilled is None else self.unfilled.at(self.fit, t.value)
+        columns, keep = snapshot_columns(fit, self.created_ns, self.stages, self.events, t,
                                          half_life_days=self.config.half_life_days)
         return feature_table(self.ids.array, t, columns, keep if eligible_only else None)
 
@@ -106,6 +111,72 @@ class Snapshotter:
         """Label of the given contacts: reached opportunity within the horizon after ``as_of``."""
         hit = converted_within(self.stages, pd.Timestamp(as_of), self.config.horizon_days)
         return hit[self.ids.get_indexer(contact_ids)].astype("int8")
+
+
+class UnfilledFit:
+    """The fit features of the contacts hygiene filled from a later duplicate, computed with
+    those fields missing (as the contact's own record had them), and since when the filled
+    values are known (``filled_at``, ns since the epoch).
+
+    Built once (:func:`unfilled_fit`) for the few contacts concerned; :meth:`at` puts them in
+    place of the filled rows in a snapshot before ``filled_at``.
+    """
+
+    def __init__(self, rows: np.ndarray, filled_at_ns: np.ndarray, fit: dict[str, np.ndarray]):
+        self.rows = rows
+        self.filled_at_ns = filled_at_ns
+        self.fit = fit
+
+    def at(self, fit: dict[str, np.ndarray], as_of_ns: int) -> dict[str, np.ndarray]:
+        """``fit`` (every contact, filled) as known at ``as_of``: the unfilled rows of the
+        contacts whose ``filled_at`` is after it."""
+        before = self.filled_at_ns > as_of_ns
+        if not before.any():
+            return fit
+        rows = self.rows[before]
+        out = dict(fit)
+        for name, values in self.fit.items():
+            col = fit[name].copy()
+            col[rows] = values[before]
+            out[name] = col
+        return out
+
+
+def unfilled_fit(contacts: pd.DataFrame, config: FeatureConfig) -> UnfilledFit | None:
+    """:class:`UnfilledFit` of clean contacts (with hygiene's ``filled_fields`` and
+    ``filled_at``, :func:`features.hygiene.clean`); None when no field was filled from a later
+    duplicate or the columns are absent (the online paths: no duplicates)."""
+    if "filled_fields" not in contacts or "filled_at" not in contacts:
+        return None
+    bits = contacts["filled_fields"].to_numpy(dtype=np.int64, na_value=0)
+    rows = np.flatnonzero(bits != 0)
+    if not len(rows):
+        return None
+    from features.hygiene import FILLABLE_FIELDS, phone_valid
+
+    own = contacts.iloc[rows].copy()
+    own_bits = bits[rows]
+    filled = {f: (own_bits >> i) & 1 == 1 for i, f in enumerate(FILLABLE_FIELDS)}
+    for field, mask in filled.items():
+        if field in own and mask.any():
+            if field == "do_not_email":
+                own[field] = own[field].where(~mask, False)
+            else:
+                own[field] = own[field].mask(mask)
+    if "email_quality" in own:  # the record's own address was missing
+        own["email_quality"] = own["email_quality"].where(~filled["email"], "missing")
+    if "has_phone" in own:
+        recheck = filled["country"] & ~filled["phone"]  # its own number, read in its own country
+        has_phone = own["has_phone"].to_numpy().copy()
+        has_phone[filled["phone"]] = 0
+        if recheck.any() and "phone" in own:
+            sub = own.loc[recheck]
+            has_phone[recheck] = phone_valid(sub["phone"], sub.get("country"),
+                                             default_region=config.default_phone_region
+                                             ).to_numpy().astype(has_phone.dtype)
+        own["has_phone"] = has_phone
+    at_ns = pd.to_datetime(own["filled_at"]).to_numpy(dtype="datetime64[ns]").view("int64")
+    return UnfilledFit(rows, at_ns, fit_features(own.reset_index(drop=True)))
 
 
 def snapshot_columns(

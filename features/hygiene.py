@@ -22,11 +22,17 @@ Choices worth knowing:
   ``"test@test"`` would otherwise merge unrelated people.
 * Duplicates are linked transitively (A and B share an email, B and C share an id: one
   contact). The canonical contact is the earliest ``created_at`` (tie: smallest id as
-  text); its missing values are filled from the duplicates created at the same instant
-  (smallest id first), and its ``do_not_email`` is True if any of theirs is. A duplicate
-  created later fills nothing: the canonical row is what every point-in-time snapshot
-  reads, and a value that arrived with a later record was not known before it existed
-  (a returning lead's second form fill would tell a snapshot before it who comes back).
+  text); its missing values are filled from the duplicates, earliest first; its
+  ``do_not_email`` is True if any duplicate's is (an opt-out is never lost). A value that
+  came with a duplicate created *later* was not known before that record existed (a
+  returning lead's second form fill would tell a snapshot before it who comes back), so
+  the canonical row records it: ``filled_fields`` (int16 bitmask, bit ``i`` for
+  :data:`FILLABLE_FIELDS` ``[i]``: filled from a later duplicate) and ``filled_at`` (the
+  latest ``created_at`` among the later duplicates that filled something; NaT when none
+  did). Point-in-time snapshots before ``filled_at`` read those fields as missing
+  (:class:`features.build.Snapshotter`); duplicates created at the canonical's instant fill
+  unconditionally and set no bit. Both columns are internal (never in a feature table,
+  scores or rejects).
 * Events and stage changes of duplicates move to the canonical id; all are kept, and count
   from their own timestamps (a later record's unsubscribe too: ``unsubscribed``).
 * Events before the contact's ``created_at`` are kept: marketing automation tracks
@@ -897,36 +903,57 @@ def _deduplicate(
     """Merge contacts sharing a valid normalised email or a contact_id (transitively).
 
     Returns the canonical contacts (original order, missing values filled from their
-    duplicates created at the same instant), the ``duplicate_contact`` rejects and the id map.
+    duplicates, with ``filled_fields`` and ``filled_at``: what later duplicates filled, and
+    since when), the ``duplicate_contact`` rejects and the id map.
     """
     n = len(contacts)
     groups = _groups(contacts["contact_id"], contacts["created_at"].to_numpy(), norm_email)
     if groups is None:
-        return contacts, empty_rejects(), _empty_id_map()
-    canonical_of, comp, order = groups.canonical_of, groups.comp, groups.order
+        return _with_filled(contacts, None, None, None), empty_rejects(), _empty_id_map()
+    canonical_of, comp, order, first = groups.canonical_of, groups.comp, groups.order, groups.first
     is_canonical = canonical_of == np.arange(n)
 
     rejects = make_rejects(contacts, ~is_canonical, "contacts", DUPLICATE_CONTACT)
     id_map = duplicate_id_map(contacts["contact_id"], canonical_of)
 
     keep = filter_rows(contacts, is_canonical)
-    # Only the records created at the canonical's instant fill its missing values: a record
-    # created later was not known before it existed, and every snapshot (any as-of date)
-    # reads this one row. Its events and stage changes, which carry their own time, move.
-    created = contacts["created_at"].to_numpy()
-    fillers = order[created[order] == created[canonical_of[order]]]  # canonical first
-    in_group = np.bincount(comp[fillers], minlength=n)[comp[fillers]] > 1
-    members = fillers[in_group]  # rows of groups with same-instant duplicates, canonical first
+    in_group = np.bincount(comp, minlength=n)[comp[order]] > 1
+    members = order[in_group]  # rows of multi-contact groups, canonical first
     if not len(members):
-        return keep, rejects, id_map
-    merged = _merge_group_values(contacts.iloc[members], comp[members])
-    canon_rows = members[is_canonical[members]]
-    merged = merged.loc[comp[canon_rows]]
+        return _with_filled(keep, None, None, None), rejects, id_map
+    merged, bits, since = _merge_group_values(contacts.iloc[members], comp[members])
+    canon_rows = members[first[in_group]]
+    merged, bits, since = merged.loc[comp[canon_rows]], bits.loc[comp[canon_rows]], since.loc[comp[canon_rows]]
     at = np.cumsum(is_canonical)[canon_rows] - 1  # positions of those rows in keep
     keep = keep.copy()
     for col in merged.columns:
         keep.iloc[at, keep.columns.get_loc(col)] = merged[col].to_numpy()
-    return keep, rejects, id_map
+    return _with_filled(keep, at, bits.to_numpy(), since.to_numpy()), rejects, id_map
+
+
+#: the contact fields a later duplicate can fill, in the order of their bits in ``filled_fields``
+FILLABLE_FIELDS: tuple[str, ...] = tuple(schema.CONTACTS.optional)
+
+
+def filled_field_mask(filled_fields: np.ndarray, field: str) -> np.ndarray:
+    """Whether ``field`` of each contact was filled from a later duplicate (``filled_fields``
+    as :func:`clean` gives it)."""
+    return (np.asarray(filled_fields).astype(np.int64) >> FILLABLE_FIELDS.index(field)) & 1 == 1
+
+
+def _with_filled(keep: pd.DataFrame, at: np.ndarray | None, bits: np.ndarray | None,
+                 since: np.ndarray | None) -> pd.DataFrame:
+    """``keep`` with ``filled_fields`` (0 but at positions ``at``: ``bits``) and ``filled_at``
+    (NaT but at ``at``: ``since``), typed as ``created_at``."""
+    filled = np.zeros(len(keep), dtype=np.int16)
+    created = keep["created_at"]
+    dtype = created.dtype if isinstance(created.dtype, np.dtype) and created.dtype.kind == "M" \
+        else np.dtype("datetime64[ns]")
+    when = np.full(len(keep), np.datetime64("NaT"), dtype=dtype)
+    if at is not None and len(at):
+        filled[at] = bits
+        when[at] = since.astype(dtype)
+    return keep.assign(filled_fields=filled, filled_at=when)
 
 
 def _components(n: int, *codes: np.ndarray) -> np.ndarray:
@@ -944,12 +971,12 @@ def _components(n: int, *codes: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _merge_group_values(rows: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
-    """Per group (rows sorted canonical-first): first non-null of each column; any opt-out.
-
-    The rows are the records created at the canonical's instant (:func:`_deduplicate`)."""
-    if rows.empty:
-        return rows
+def _merge_group_values(rows: pd.DataFrame, groups: np.ndarray
+                        ) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Per group (rows sorted canonical-first, then by ``created_at``): first non-null of
+    each column; any opt-out. Also per group: the bitmask of :data:`FILLABLE_FIELDS` filled
+    from a row created after the canonical's (none at its instant had a value) and the
+    latest ``created_at`` among the rows that filled one (NaT when none)."""
     cols = [c for c in rows.columns if c not in ("contact_id", "created_at")]
     data = rows[cols].copy()
     email_missing = data["email"].isna() if "email" in data else None
@@ -958,11 +985,40 @@ def _merge_group_values(rows: pd.DataFrame, groups: np.ndarray) -> pd.DataFrame:
         data["email_quality"] = data["email_quality"].where(~email_missing)
     grouped = data.groupby(groups, sort=False)
     out = grouped.first()
-    if "do_not_email" in data and data["do_not_email"].dtype == bool:
+    any_opt_out = "do_not_email" in data and data["do_not_email"].dtype == bool
+    if any_opt_out:
         out["do_not_email"] = grouped["do_not_email"].any()
     if "email_quality" in out:
         out["email_quality"] = out["email_quality"].fillna(MISSING)
-    return out
+
+    created = pd.to_datetime(rows["created_at"]).to_numpy(dtype="datetime64[ns]")
+    key = pd.Series(groups)
+    canon_created = pd.Series(created).groupby(key, sort=False).transform("first").to_numpy()
+    later = created > canon_created
+    bits = np.zeros(len(out), dtype=np.int16)
+    since = np.full(len(out), np.datetime64("NaT"), dtype="datetime64[ns]")
+    for i, field in enumerate(FILLABLE_FIELDS):
+        if field not in data:
+            continue
+        values = data[field]
+        if field == "do_not_email" and any_opt_out:
+            has = values.to_numpy(dtype=bool)
+        else:
+            has = values.notna().to_numpy()
+        if not (has & later).any():
+            continue
+        at_instant = pd.Series(has & ~later).groupby(key, sort=False).any()
+        first_later = pd.Series(np.where(has & later, created, np.datetime64("NaT"))
+                                ).groupby(key, sort=False).min()
+        filled = (~at_instant.reindex(out.index).to_numpy()
+                  & first_later.reindex(out.index).notna().to_numpy())
+        if not filled.any():
+            continue
+        bits[filled] |= np.int16(1 << i)
+        when = first_later.reindex(out.index).to_numpy(dtype="datetime64[ns]")[filled]
+        before = since[filled]
+        since[filled] = np.where(np.isnat(before), when, np.maximum(before, when))
+    return out, pd.Series(bits, index=out.index), pd.Series(since, index=out.index)
 
 
 def _attach(

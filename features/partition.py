@@ -69,7 +69,10 @@ from features.tasks import Progress, Runner, process_pool, say
 
 EVENT_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "event_type", "campaign_id")
 STAGE_COLUMNS: tuple[str, ...] = ("contact_id", "ts", "stage")
-CONTACT_COLUMNS: tuple[str, ...] = (*schema.CONTACTS.columns, "email_quality", "has_phone")
+#: a bucket's clean contacts: hygiene's columns, and what it filled from later duplicates
+#: (``filled_fields``, ``filled_at``: read by :class:`features.build.Snapshotter`)
+CONTACT_COLUMNS: tuple[str, ...] = (*schema.CONTACTS.columns, "email_quality", "has_phone",
+                                    "filled_fields", "filled_at")
 # step 2 reads each table in slices of whole row groups (about this many rows; a slice holds its
 # rows of every bucket until it writes them) and a slice in batches of this many rows
 _SLICE_ROWS = {"contacts": 1_000_000, "events": 4_000_000, "stages": 4_000_000}
@@ -90,6 +93,7 @@ CONTACT_SLICE_SCHEMA = pa.schema([(c, _ARROW_TYPES[k]) for c, k in schema.CONTAC
 #: a chunk's clean contacts, as the feature code gets them
 CHUNK_CONTACT_SCHEMA = pa.schema([*CONTACT_SLICE_SCHEMA.remove(len(CONTACT_SLICE_SCHEMA) - 1),
                                   ("email_quality", pa.large_string()), ("has_phone", pa.int8()),
+                                  ("filled_fields", pa.int16()), ("filled_at", pa.timestamp("us")),
                                   ("row", pa.int64())])
 SLICE_SCHEMAS: dict[str, pa.Schema] = {"contacts": CONTACT_SLICE_SCHEMA, "events": EVENT_FILE_SCHEMA,
                                        "stages": STAGE_FILE_SCHEMA}

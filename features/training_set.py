@@ -187,9 +187,11 @@ def partitioned_training_set(
 
 def first_leads(contacts: pd.DataFrame, events: pd.DataFrame, n: int = 3
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The first ``n`` clean contacts of a bucket (in input order) and their events."""
+    """The first ``n`` clean contacts of a bucket (in input order) and their events (without
+    the bucket's bookkeeping: ``row``, hygiene's ``filled_fields`` and ``filled_at``)."""
     first = contacts.sort_values("row").head(n)
-    return (first.drop(columns="row").reset_index(drop=True),
+    internal = [c for c in ("row", "filled_fields", "filled_at") if c in first]
+    return (first.drop(columns=internal).reset_index(drop=True),
             events[events["contact_id"].isin(first["contact_id"])].reset_index(drop=True))
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from features import schema
 from features.hygiene import (
+    FILLABLE_FIELDS,
     CleanResult,
     canonical_rows,
     clean,
@@ -17,6 +18,7 @@ from features.hygiene import (
     duplicate_id_map,
     email_domains,
     email_quality,
+    filled_field_mask,
     normalise_country,
     normalise_email,
     phone_valid,
@@ -237,6 +239,11 @@ def _tables(contacts: dict, events: dict | None = None, stages: dict | None = No
     )
 
 
+def _filled(row: pd.Series) -> set[str]:
+    """The fields hygiene filled into a canonical contact from a later duplicate."""
+    return {f for f in FILLABLE_FIELDS if filled_field_mask(np.array([row["filled_fields"]]), f)[0]}
+
+
 def test_duplicates_by_email_merge_onto_the_earliest_contact():
     tables = _tables(
         {
@@ -265,12 +272,17 @@ def test_duplicates_by_email_merge_onto_the_earliest_contact():
     assert contacts.index.tolist() == ["c2", "c4"]  # original order of the canonical rows
     ann = contacts.loc["c2"]
     assert ann["created_at"] == pd.Timestamp("2024-01-01")  # the earliest one
-    # c1 and c3 were created later: they fill nothing (a snapshot before them must not see
-    # their values; same-instant duplicates do fill, tests/features/test_point_in_time_contacts.py)
-    assert pd.isna(ann["employees"]) and pd.isna(ann["industry"])
-    assert pd.isna(ann["phone"]) and ann["has_phone"] == 0
-    assert bool(ann["do_not_email"]) is False  # c3's opt-out counts from its unsubscribe, if any
+    assert ann["employees"] == 250.0  # filled from c1 (earlier than c3)
+    assert ann["industry"] == "software"  # only c3 had it
+    assert ann["phone"] == "+44 20 7946 0958" and ann["has_phone"] == 1
+    assert bool(ann["do_not_email"]) is True  # an opt-out survives the merge
     assert ann["email_quality"] == "corporate"
+    # c1 and c3 were created later: what they filled is recorded, with when it became known
+    # (the latest of them: snapshots before it read those fields as missing)
+    assert _filled(ann) == {"phone", "industry", "employees", "do_not_email"}
+    assert ann["filled_at"] == pd.Timestamp("2024-03-01")
+    bob = contacts.loc["c4"]
+    assert bob["filled_fields"] == 0 and pd.isna(bob["filled_at"])
     # every event and stage change is kept, moved to the canonical id
     assert sorted(result.events.loc[result.events["contact_id"] == "c2"].index) == [0, 1, 2, 4]
     assert result.events.loc[4, "contact_id"] == "c2"
@@ -325,9 +337,10 @@ def test_same_id_twice_and_transitive_links_form_one_contact():
     assert result.contacts["contact_id"].tolist() == ["c1"]
     assert result.contacts.index.tolist() == [1]  # the earliest row of c1
     row = result.contacts.iloc[0]
-    # the address came with the later rows: not filled into the earliest one
-    assert pd.isna(row["email"]) and row["email_quality"] == "missing"
+    assert row["email"] == "one@acme.com" and row["email_quality"] == "corporate"
     assert row["country"] == "DE"
+    # the address came with the later rows (the earliest c2 row, 2024-02-01, brought it)
+    assert _filled(row) == {"email"} and row["filled_at"] == pd.Timestamp("2024-02-01")
     assert result.rejects["row"].tolist() == [0, 2]
     assert result.id_map.to_dict("records") == [{"duplicate_id": "c2", "contact_id": "c1"}]
     assert result.events["contact_id"].tolist() == ["c1"]
