@@ -710,8 +710,11 @@ def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] 
 # The accepted bodies, their columns and the errors reported are those of the one-call path
 # (tested).
 
-#: Bodies larger than this are decoded a lead or row at a time, in a worker thread.
-LARGE_BODY_BYTES = 256 * 1024
+#: Bodies larger than this are decoded a lead or row at a time, in a worker thread. Below it,
+#: one inline decode stalls the loop ~25 ms at most (msgspec: ~3.4 ms for 100 leads x 50
+#: events, 563 KB); a 256 KB threshold sent such common requests through the thread and cost
+#: a third of their throughput (BENCHMARKS.md, HTTP service).
+LARGE_BODY_BYTES = 4 * 1024 * 1024
 #: At most this many errors are reported for a body (the rest of it is not validated).
 MAX_ERRORS = 20
 

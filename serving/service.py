@@ -58,7 +58,7 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   worker thread with the GIL released when they are slow (timed when the model loads), so
   the loop serves the next request meanwhile. Requests of more than 20 leads or rows are
   scored in a thread; smaller ones inline.
-* A body above 256 KB (:data:`serving.api_types.LARGE_BODY_BYTES`) is decoded in a worker
+* A body above 4 MB (:data:`serving.api_types.LARGE_BODY_BYTES`) is decoded in a worker
   thread one lead or row per decoder call (:func:`serving.api_types.decode_large`): msgspec
   and pydantic hold the GIL for a whole call, so a thread alone would still stall the loop
   (a 30 MB body: about a second); between calls the loop gets the GIL back (the switch
@@ -447,7 +447,7 @@ class ScoreEndpoint:
         if not isinstance(body, bytes):
             return body
         state = svc._state or await svc.wait_state()
-        large = len(body) > T.LARGE_BODY_BYTES  # decoded in a thread, a lead or row per call
+        large = len(body) > svc.large_body  # decoded in a thread, a lead or row per call
         if state.kind == "table":
             try:
                 if large:
@@ -608,7 +608,8 @@ class LeadScoringService:
     Configuration (environment): ``LEADSCORE_WORKDIR`` (embedded MLflow store, default ``.``;
     ``MLFLOW_TRACKING_URI`` wins), ``LEADSCORE_MODEL_URI`` (default the champion),
     ``LEADSCORE_API_KEYS``, ``LEADSCORE_RELOAD_SECONDS`` (default 30, 0: no poll),
-    ``LEADSCORE_MAX_BODY_BYTES``, ``LEADSCORE_WORKERS``.
+    ``LEADSCORE_MAX_BODY_BYTES``, ``LEADSCORE_LARGE_BODY_BYTES`` (bodies above it are
+    decoded lead by lead in a thread), ``LEADSCORE_WORKERS``.
     """
 
     def __init__(self) -> None:
@@ -619,6 +620,7 @@ class LeadScoringService:
         self.workdir = Path(os.environ.get("LEADSCORE_WORKDIR", "."))
         self.model_uri = os.environ.get("LEADSCORE_MODEL_URI") or None
         self.max_body = int(_env_float("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES))
+        self.large_body = int(_env_float("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES))
         self.reload_seconds = _env_float("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
         self._state: ScorerState | None = None
         self._failed_version: str | None = None  # a champion version that did not load

@@ -30,6 +30,7 @@ API_KEY = "test-key-1"
 NON_ASCII_KEY = "test-cl\u00e9-\u20ac-3"  # keys are UTF-8
 API_KEYS = f"{API_KEY}, test-key-2, {NON_ASCII_KEY}"
 MAX_BODY = 1_000_000  # bytes, small enough to test the 413 cheaply
+LARGE_BODY = 256 * 1024  # bytes: bodies above it take the lead-by-lead path (default 4 MB)
 
 
 @dataclass
@@ -158,6 +159,7 @@ def launch_server(workdir: Path, logs: Path, *, keys: str = "", reload_seconds: 
         "LEADSCORE_API_KEYS": keys,
         "LEADSCORE_RELOAD_SECONDS": str(reload_seconds),
         "LEADSCORE_MAX_BODY_BYTES": str(MAX_BODY),
+        "LEADSCORE_LARGE_BODY_BYTES": str(LARGE_BODY),
         "BENTOML_DO_NOT_TRACK": "True",
         "BENTOML_HOME": str(logs / "bentoml-home"),
         **(extra_env or {}),
@@ -339,6 +341,7 @@ class Kit:
     api_key: str = API_KEY
     non_ascii_key: str = NON_ASCII_KEY
     max_body: int = MAX_BODY
+    large_body: int = LARGE_BODY
     start_server = staticmethod(start_server)
     stop_server = staticmethod(stop_server)
     wait_ready = staticmethod(wait_ready)

@@ -573,8 +573,8 @@ def test_leads_the_batch_would_not_score(server, trained):
 
 
 @pytest.mark.slow
-def test_large_bodies_answer_as_small_ones(server, trained):
-    """A body above LARGE_BODY_BYTES (here: padded with JSON whitespace) is decoded a lead at
+def test_large_bodies_answer_as_small_ones(server, trained, kit):
+    """A body above LEADSCORE_LARGE_BODY_BYTES (here: padded with JSON whitespace) is decoded a lead at
     a time in a worker thread and answers what the same request answers in a small body,
     scores or errors."""
     base = trained.base
@@ -583,7 +583,7 @@ def test_large_bodies_answer_as_small_ones(server, trained):
                                reasons="top")).encode()
     bad = json.dumps(body_of([{"contact": {"contact_id": "a", "employees": "x"}},
                               {"contact": {"contact_id": "b", "created_at": "2031-01-01"}}])).encode()
-    pad = b" " * (T.LARGE_BODY_BYTES + 1)
+    pad = b" " * (kit.large_body + 1)
     headers = {"Content-Type": "application/json"}
     with server.client() as c:
         answers = [c.post("/score", content=body, headers=headers)
