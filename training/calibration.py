@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -55,14 +56,25 @@ class Calibrator:
         return cls(d["method"], d["params"])
 
 
-def choose_calibration(raw: np.ndarray, y: np.ndarray, *, seed: int, folds: int = 5) -> tuple[Method, dict[str, float]]:
-    """Cross-validated log loss of each method on the calibration window; the lower wins."""
+def choose_calibration(raw: np.ndarray, y: np.ndarray, *, seed: int, folds: int = 5,
+                       groups: np.ndarray | None = None) -> tuple[Method, dict[str, float]]:
+    """Cross-validated log loss of each method on the calibration window; the lower wins.
+
+    ``groups`` (e.g. the contact of each row, when the window stacks several as-of dates):
+    a group's rows stay in one fold (a hash of the group picks it: linear time at millions of
+    rows), so a contact's twin row at another date does not reward the method that
+    memorises it (isotonic)."""
     raw, y = np.asarray(raw), np.asarray(y)
     losses: dict[str, float] = {}
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    if groups is None:
+        splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(raw, y))
+    else:
+        key = f"leadscore{seed:07d}"[-16:]  # hash_array takes a 16-character key
+        fold = pd.util.hash_array(np.asarray(groups, dtype=object), hash_key=key) % np.uint64(folds)
+        splits = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(folds)]
     for method in ("sigmoid", "isotonic"):
         total = 0.0
-        for fit_idx, eval_idx in cv.split(raw.reshape(-1, 1), y):
+        for fit_idx, eval_idx in splits:
             cal = Calibrator.fit(raw[fit_idx], y[fit_idx], method)  # type: ignore[arg-type]
             total += log_loss(y[eval_idx], cal.transform(raw[eval_idx]), labels=[0, 1]) * len(eval_idx)
         losses[method] = total / len(y)

@@ -384,6 +384,7 @@ def train(
         overrides = tune(X(fit_rows), y[fit_rows], groups, n_trials=tune_trials,
                          categorical_idx=cat_idx, feature_names=names, config=config,
                          horizon_days=feature_config.horizon_days)
+    val_groups = None  # rows of one contact at several validation dates: one calibration fold
     if folds:
         rows = np.flatnonzero(fit_rows)
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
@@ -411,8 +412,10 @@ def train(
                               overrides=overrides)
         best_iteration = booster.best_iteration
         raw_val, y_val = booster.predict(X(split.validation), num_threads=config.num_threads), y[split.validation]
+        if "contact_id" in data:  # a contact's rows at the validation dates: one fold
+            val_groups = data.loc[split.validation, "contact_id"].to_numpy()
 
-    method, losses = (choose_calibration(raw_val, y_val, seed=config.seed)
+    method, losses = (choose_calibration(raw_val, y_val, seed=config.seed, groups=val_groups)
                       if config.calibration == "auto" else (config.calibration, {}))
     calibrator = Calibrator.fit(raw_val, y_val, method)
     scale = ScoreScale.fit(calibrator.transform(raw_val), config.band_thresholds)

@@ -34,6 +34,18 @@ def test_time_split_without_a_gap_never_shares_a_date_between_windows():
     assert train.max() == np.datetime64("2025-05-01")
 
 
+def test_calibration_folds_keep_a_contacts_rows_together():
+    # pure noise, each contact twice with the same score and outcome (two validation dates):
+    # with rows in separate folds isotonic "predicts" the twin and wins; by contact it loses
+    rng = np.random.default_rng(1)
+    raw = np.repeat(rng.random(3000), 2)
+    y = np.repeat((rng.random(3000) < 0.3).astype(int), 2)
+    contacts = np.repeat([f"C{i}" for i in range(3000)], 2)
+    assert choose_calibration(raw, y, seed=3)[0] == "isotonic"
+    method, losses = choose_calibration(raw, y, seed=3, groups=contacts)
+    assert method == "sigmoid" and losses["isotonic"] > losses["sigmoid"]
+
+
 def test_time_split_with_too_few_dates_says_why():
     dates = pd.Series(pd.date_range("2025-01-01", periods=3, freq="MS"))
     with pytest.raises(ValueError, match="too few"):
