@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from features import schema
 from features.config import FeatureConfig
 from features.io import fsync_path, tmp_name
-from features.partition import read_bucket
+from features.partition import parse_as_of, read_bucket
 from features.tasks import Progress
 from features.training_set import (
     CHUNK_SIZE,
@@ -68,20 +68,6 @@ class FeatureTable:
     contacts: int  # clean contacts
     events: int  # events kept
     rejects: pd.DataFrame  # table, reason, rows: what was rejected while reading the base
-
-
-def parse_as_of(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
-    """An as-of date as a naive UTC timestamp (``None`` stays ``None``); ValueError if it is
-    not a date."""
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)") from None
-    if pd.isna(ts):
-        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)")
-    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 
 def write_feature_table(

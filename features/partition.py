@@ -637,6 +637,20 @@ def read_bucket(prep: Path, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return contacts, read_parts(prep, "events", k).to_pandas(), read_parts(prep, "stages", k).to_pandas()
 
 
+def parse_as_of(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
+    """An as-of date as a naive UTC timestamp (``None`` stays ``None``); ValueError if it is
+    not a date."""
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)") from None
+    if pd.isna(ts):
+        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)")
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
 def prepare(paths: dict[str, Path], prep: Path, as_of_opt: pd.Timestamp | None, chunk_size: int,
             *, run: Runner, child: bool, console: Any | None,
             reject_after_as_of: bool = False) -> dict[str, Any]:

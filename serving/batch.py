@@ -100,6 +100,7 @@ from features.io import (
 from features.partition import (
     REJECT_SCHEMA,
     arrow_str,
+    parse_as_of,
     prepare,
     prepared_rejects,
     read_bucket,
@@ -737,20 +738,6 @@ def _check_options(opts: BatchOptions) -> None:
         raise FileExistsError(f"--out {opts.out} is a directory; give a file name")
 
 
-def _parse_as_of(value: str | None) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)") from None
-    if ts is pd.NaT or pd.isna(ts):
-        raise ValueError(f"--as-of: not a date: {value!r}")
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts
-
-
 def resolve_scorer(model_uri: str | None, *, num_threads: int = 1) -> tuple[Any, str]:
     """The scorer that answers (champion, ``--model`` or rules) and its exact reference.
 
@@ -870,7 +857,7 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
     data = Path(opts.data)
     paths = {name: table_path(data, name) for name in schema.TABLES}
     inputs = fingerprint(list(paths.values()))
-    as_of_opt = _parse_as_of(opts.as_of)
+    as_of_opt = parse_as_of(opts.as_of)
     resumed = False
     if ws.exists():
         old = ws.manifest()
@@ -928,7 +915,7 @@ def execute(opts: BatchOptions, ws: Workspace, paths: dict[str, Path], scorer: A
     prep = ws.prepared()
     if prep is None:
         t0 = time.perf_counter()
-        prep = prepare(paths, ws.prep, _parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
+        prep = prepare(paths, ws.prep, parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
                         child=child, console=console)
         seconds["prepare"] = time.perf_counter() - t0
     as_of = pd.Timestamp(prep["as_of"])
