@@ -53,18 +53,8 @@ def write_semicolon_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-SHOP_CONFIG = {
-    "name": "shop",
-    "id_column": "Lead Key",
-    "target": {"column": "Outcome", "positive": "Won"},
-    "separator": ";",
-    "decimal": ",",
-    "placeholders": ["-- select --", "N/A"],
-    "exclude": {"E-mail Address": "personal data", "Created On": "not a feature"},
-    "post_contact": {"Deal Stage": "set by sales", "Follow Up Code": "set after the first call"},
-    "cross_fit_folds": 3,
-    "training": FAST_TRAINING,
-}
+SHOP_CONFIG = {**yaml.safe_load((Path(__file__).parent / "shop_dataset.yaml").read_text()),
+               "cross_fit_folds": 3, "training": FAST_TRAINING}
 
 
 @pytest.fixture(scope="module")

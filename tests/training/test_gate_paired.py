@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from sklearn.metrics import roc_auc_score
 
@@ -258,18 +259,9 @@ def test_tuning_on_too_short_a_window_says_why(monkeypatch):
 
 
 # -- CRM tables: the champion is scored on the new export's held-out rows --------------------------
-SHOP = {
-    "name": "shop",
-    "id_column": "Lead Key",
-    "target": {"column": "Outcome", "positive": "Won"},
-    "separator": ";",
-    "decimal": ",",
-    "placeholders": ["-- select --", "N/A"],
-    "exclude": {"E-mail Address": "personal data", "Created On": "not a feature"},
-    "post_contact": {"Deal Stage": "set by sales", "Follow Up Code": "set after the first call"},
-    "training": {"num_boost_round": 200, "early_stopping_rounds": 20,
-                 "gate": {"min_train_positives": 50, "min_gain_over_rules": -1.0, "max_ece": 1.0}},
-}
+SHOP = {**yaml.safe_load((Path(__file__).parent / "shop_dataset.yaml").read_text()),
+        "training": {"num_boost_round": 200, "early_stopping_rounds": 20,
+                     "gate": {"min_train_positives": 50, "min_gain_over_rules": -1.0, "max_ece": 1.0}}}
 
 
 @pytest.mark.slow
