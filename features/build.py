@@ -5,20 +5,21 @@ then builds the feature row of every contact as it was known at ``T`` (only even
 changes with timestamps ``<= T``; attributes are those of the contact's record, which hygiene
 fills from its duplicates: a field filled from a duplicate created after ``T`` (hygiene's
 ``filled_fields`` and ``filled_at``) reads as missing at ``T``, through fit features computed
-once without those fields for the few contacts concerned (:func:`unfilled_fit`); at the data's
-end everything is filled; ``do_not_email`` is also dated by the unsubscribe it traces,
-:func:`do_not_email_at`), and ``labels_at(T)`` tells who reached
-opportunity within the horizon after ``T``. :func:`build_features` (batch) and
-:func:`build_training_set` (many as-of dates) go through it; :func:`lead_feature_columns`
-(the HTTP service) and :func:`features_for_leads` (the MLflow pyfunc) encode a few leads
-from plain values and run the same kernels (:func:`snapshot_columns`).
+once, when a snapshot first needs them, without those fields for the few contacts concerned
+(:func:`unfilled_fit`); from the last ``filled_at`` on (the data's end) everything is filled;
+``do_not_email`` is also dated by the unsubscribe it traces, :func:`do_not_email_at`), and
+``labels_at(T)`` tells who reached opportunity within the horizon after ``T``.
+:func:`build_features` (batch) and :func:`build_training_set` (many as-of dates) go through
+it; :func:`lead_feature_columns` (the HTTP service) and :func:`features_for_leads` (the
+MLflow pyfunc) encode a few leads from plain values and run the same kernels
+(:func:`snapshot_columns`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 from features import schema
 from features.config import FeatureConfig
 from features.engagement import (
+    _TYPE_CODE,
     EventArrays,
     encode_event_records,
     encode_events,
@@ -91,9 +93,16 @@ class Snapshotter:
             pd.to_datetime(contacts["created_at"]).to_numpy(dtype="datetime64[ns]").view("int64")
         )
         self.fit = fit_features(contacts)
-        self.unfilled = unfilled_fit(contacts, self.config)
+        self._contacts = contacts
+        self._filled_until_ns = last_filled_ns(contacts)
         self.events = encode_events(events, self.ids)
         self.stages = encode_stages(stages, self.ids)
+
+    @cached_property
+    def unfilled(self) -> UnfilledFit | None:
+        """:func:`unfilled_fit` of the contacts, built on first use: only snapshots before the
+        last ``filled_at`` need it, never those at the data's end."""
+        return unfilled_fit(self._contacts, self.config)
 
     def features_at(self, as_of: pd.Timestamp | str, *, eligible_only: bool = True) -> pd.DataFrame:
         """Feature table at ``as_of``: ``contact_id``, ``as_of`` and :data:`schema.FEATURES`.
@@ -102,7 +111,9 @@ class Snapshotter:
         converted nor disqualified are kept, as for training and nightly scoring.
         """
         t = pd.Timestamp(as_of).as_unit("ns")
-        fit = self.fit if self.unfilled is None else self.unfilled.at(self.fit, t.value)
+        fit = self.fit
+        if self._filled_until_ns is not None and t.value < self._filled_until_ns:
+            fit = self.unfilled.at(fit, t.value)
         columns, keep = snapshot_columns(fit, self.created_ns, self.stages, self.events, t,
                                          half_life_days=self.config.half_life_days)
         return feature_table(self.ids.array, t, columns, keep if eligible_only else None)
@@ -142,40 +153,51 @@ class UnfilledFit:
         return out
 
 
+def _filled_bits(contacts: pd.DataFrame) -> np.ndarray | None:
+    """Hygiene's ``filled_fields`` as int64 (None when it or ``filled_at`` is absent)."""
+    if "filled_fields" not in contacts or "filled_at" not in contacts:
+        return None
+    return contacts["filled_fields"].to_numpy(dtype=np.int64, na_value=0)
+
+
+def _filled_at_ns(filled_at: pd.Series) -> np.ndarray:
+    return pd.to_datetime(filled_at).to_numpy(dtype="datetime64[ns]").view("int64")
+
+
+def last_filled_ns(contacts: pd.DataFrame) -> int | None:
+    """The latest ``filled_at`` (ns since the epoch) of the contacts hygiene filled from a
+    later duplicate: snapshots from then on need no :func:`unfilled_fit`. None when none was
+    filled (or the columns are absent)."""
+    bits = _filled_bits(contacts)
+    if bits is None or not bits.any():
+        return None
+    return int(_filled_at_ns(contacts["filled_at"])[bits != 0].max())
+
+
 def unfilled_fit(contacts: pd.DataFrame, config: FeatureConfig) -> UnfilledFit | None:
     """:class:`UnfilledFit` of clean contacts (with hygiene's ``filled_fields`` and
     ``filled_at``, :func:`features.hygiene.clean`); None when no field was filled from a later
     duplicate or the columns are absent (the online paths: no duplicates)."""
-    if "filled_fields" not in contacts or "filled_at" not in contacts:
+    bits = _filled_bits(contacts)
+    if bits is None:
         return None
-    bits = contacts["filled_fields"].to_numpy(dtype=np.int64, na_value=0)
     rows = np.flatnonzero(bits != 0)
     if not len(rows):
         return None
-    from features.hygiene import FILLABLE_FIELDS, phone_valid
+    from features.hygiene import FILLABLE_FIELDS, filled_field_mask
 
     own = contacts.iloc[rows].copy()
-    own_bits = bits[rows]
-    filled = {f: (own_bits >> i) & 1 == 1 for i, f in enumerate(FILLABLE_FIELDS)}
-    for field, mask in filled.items():
+    for field in FILLABLE_FIELDS:
+        mask = filled_field_mask(bits[rows], field)
         if field in own and mask.any():
             if field == "do_not_email":
                 own[field] = own[field].where(~mask, False)
             else:
                 own[field] = own[field].mask(mask)
-    if "email_quality" in own:  # the record's own address was missing
-        own["email_quality"] = own["email_quality"].where(~filled["email"], "missing")
-    if "has_phone" in own:
-        recheck = filled["country"] & ~filled["phone"]  # its own number, read in its own country
-        has_phone = own["has_phone"].to_numpy().copy()
-        has_phone[filled["phone"]] = 0
-        if recheck.any() and "phone" in own:
-            sub = own.loc[recheck]
-            has_phone[recheck] = phone_valid(sub["phone"], sub.get("country"),
-                                             default_region=config.default_phone_region
-                                             ).to_numpy().astype(has_phone.dtype)
-        own["has_phone"] = has_phone
-    at_ns = pd.to_datetime(own["filled_at"]).to_numpy(dtype="datetime64[ns]").view("int64")
+    # email quality and phone validity of the record's own email, phone and country
+    own = with_hygiene_columns(own.drop(columns=["email_quality", "has_phone"], errors="ignore"),
+                               config)
+    at_ns = _filled_at_ns(own["filled_at"])
     return UnfilledFit(rows, at_ns, fit_features(own.reset_index(drop=True)))
 
 
@@ -203,7 +225,7 @@ def snapshot_columns(
     days_in_stage = np.where(np.isnan(life["days_in_stage"]), age, life["days_in_stage"])
     columns: dict[str, Any] = {
         **fit,
-        "do_not_email": do_not_email_at(fit["do_not_email"], events, eng["unsubscribed"], t.value),
+        "do_not_email": do_not_email_at(fit["do_not_email"], events, eng["unsubscribed"]),
         "contact_age_days": age,
         "stage": life["stage"],
         "days_in_stage": days_in_stage,
@@ -214,11 +236,8 @@ def snapshot_columns(
     return columns, keep
 
 
-_UNSUBSCRIBE = schema.ENGAGEMENT_TYPES.index("unsubscribe")
-
-
-def do_not_email_at(flag: np.ndarray, events: EventArrays, unsubscribed: np.ndarray,
-                    as_of_ns: int) -> np.ndarray:
+def do_not_email_at(flag: np.ndarray, events: EventArrays, unsubscribed: np.ndarray
+                    ) -> np.ndarray:
     """The ``do_not_email`` feature at an as-of date: the contact's flag as known then.
 
     The flag is the state at the export. When the contact has unsubscribe events but none
@@ -228,16 +247,13 @@ def do_not_email_at(flag: np.ndarray, events: EventArrays, unsubscribed: np.ndar
     At the data's end (no later events) this is the flag itself.
 
     ``flag``: 0/1 per contact (:func:`~features.firmographics.fit_features`); ``unsubscribed``:
-    0/1 per contact, unsubscribed by ``as_of`` (:func:`~features.engagement.engagement_features`).
+    0/1 per contact, unsubscribed by ``as_of`` (:func:`~features.engagement.engagement_features`):
+    a contact with unsubscribe events not unsubscribed by then has all of them later.
     """
     if not flag.any():
         return flag
-    unsub = np.flatnonzero(events.type_code == _UNSUBSCRIBE)
-    later = unsub[events.ts[unsub] > as_of_ns]
-    if not len(later):
-        return flag
     dated_later = np.zeros(len(flag), dtype=bool)
-    dated_later[events.contact[later]] = True
+    dated_later[events.contact[events.type_code == _TYPE_CODE["unsubscribe"]]] = True
     dated_later &= unsubscribed == 0
     return np.where(dated_later, 0.0, flag) if dated_later.any() else flag
 

@@ -118,27 +118,19 @@ def write_feature_table(
         n_buckets = int(info["n_buckets"])
         batch_rows = min(max(math.ceil(row_group_size / n_buckets), _BATCH_ROWS_MIN),
                          _BATCH_ROWS_MAX)
-        calls = [(_table_task, (k, str(base.prep), str(parts), str(end), config, batch_rows),
-                  int(info["bucket_sizes"][k])) for k in range(n_buckets)]
-        rows: dict[int, np.ndarray] = {}
-        with Progress(console).task("features", int(info["contacts"]), "contacts") as advance:
-            def done(weight: int, result: tuple[int, np.ndarray]) -> None:
-                rows[result[0]] = result[1]
-                advance(weight)
-
-            base.run_buckets(calls, done)
+        rows = base.map_buckets(
+            _table_task, (str(base.prep), str(parts), str(end), config, batch_rows), "features")
         out.parent.mkdir(parents=True, exist_ok=True)
-        n_rows = merge_parts([parts / f"part-{k:05d}.arrow" for k in range(n_buckets)],
-                             [rows[k] for k in range(n_buckets)], out,
+        n_rows = merge_parts([parts / f"part-{k:05d}.arrow" for k in range(n_buckets)], rows, out,
                              row_group_size=row_group_size, console=console)
         rejects = base.rejects_by_reason()
     return FeatureTable(out, n_rows, end, int(info["contacts"]), int(info["events"]), rejects)
 
 
 def _table_task(k: int, prep: str, parts: str, as_of: str, config: FeatureConfig,
-                batch_rows: int) -> tuple[int, np.ndarray]:
+                batch_rows: int) -> np.ndarray:
     """Worker: bucket ``k``'s feature table at ``as_of``, in input order ->
-    ``parts/part-k.arrow``; returns ``k`` and the input row of each of its rows."""
+    ``parts/part-k.arrow``; returns the input row of each of its rows."""
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(as_of)], config, labels=False)
     del contacts, events, stages
@@ -148,7 +140,7 @@ def _table_task(k: int, prep: str, parts: str, as_of: str, config: FeatureConfig
         order = np.argsort(row, kind="stable")
         table, row = table.take(pa.array(order)), row[order]
     write_arrow_part(table, Path(parts) / f"part-{k:05d}.arrow", batch_rows=batch_rows)
-    return k, row
+    return row
 
 
 class _PartReader:

@@ -501,11 +501,9 @@ def read_slice(
             yield _ids_as_text(batch, spec).to_pandas()
     except DataError:
         raise
-    except pa.ArrowInvalid as exc:
-        if sl.kind != "csv":
-            raise DataError(f"{sl.table}: cannot read {name}: {safe_reason(exc)}") from None
-        raise _csv_error(Path(sl.path), sl.table, exc, bad_rows) from None
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as exc:
+        if sl.kind == "csv" and isinstance(exc, pa.ArrowInvalid):
+            raise _csv_error(Path(sl.path), sl.table, exc, bad_rows) from None
         raise DataError(f"{sl.table}: cannot read {name}: {safe_reason(exc)}") from None
 
 

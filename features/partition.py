@@ -637,17 +637,18 @@ def read_bucket(prep: Path, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return contacts, read_parts(prep, "events", k).to_pandas(), read_parts(prep, "stages", k).to_pandas()
 
 
-def parse_as_of(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
-    """An as-of date as a naive UTC timestamp (``None`` stays ``None``); ValueError if it is
-    not a date."""
+def parse_as_of(value: pd.Timestamp | str | None, option: str = "--as-of") -> pd.Timestamp | None:
+    """An as-of date as a naive UTC timestamp (``None`` stays ``None``); ValueError naming
+    the command-line ``option`` it came from if it is not a date."""
     if value is None:
         return None
+    bad = f"{option}: not a date: {value!r} (expected e.g. 2026-07-01)"
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError):
-        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)") from None
+        raise ValueError(bad) from None
     if pd.isna(ts):
-        raise ValueError(f"--as-of: not a date: {value!r} (expected e.g. 2026-07-01)")
+        raise ValueError(bad)
     return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
 
 

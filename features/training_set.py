@@ -37,6 +37,7 @@ from features.config import FeatureConfig
 from features.io import rejects_summary, tmp_name
 from features.partition import (
     REJECT_SCHEMA,
+    parse_as_of,
     prepare,
     prepared_rejects,
     read_bucket,
@@ -83,11 +84,28 @@ class PreparedBase:
     prep: Path  # the partitioned base (:func:`features.partition.read_bucket`)
     info: dict[str, Any]  # the preparation's summary (:func:`features.partition.prepare`)
     workers: int
+    console: Any | None = None  # where progress is shown
 
     def run_buckets(self, calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
         """Run calls (one per bucket, weighted by contacts) on the pool of workers; in this
         process when the base is small."""
         local_runner(self.workers, min_weight=_POOL_MIN_CONTACTS)(calls, on_done)
+
+    def map_buckets(self, fn: Callable[..., Any], args: tuple, label: str) -> list[Any]:
+        """``fn(k, *args)`` for every bucket ``k`` (:meth:`run_buckets`), with progress in
+        contacts under ``label``; the results in bucket order. ``fn`` must be picklable (a
+        module-level function)."""
+        sizes = self.info["bucket_sizes"]
+        n_buckets = int(self.info["n_buckets"])
+        calls = [(_bucket_call, (fn, k, *args), int(sizes[k])) for k in range(n_buckets)]
+        results: dict[int, Any] = {}
+        with Progress(self.console).task(label, int(self.info["contacts"]), "contacts") as advance:
+            def done(weight: int, result: tuple[int, Any]) -> None:
+                results[result[0]] = result[1]
+                advance(weight)
+
+            self.run_buckets(calls, done)
+        return [results[k] for k in range(n_buckets)]
 
     def rejects_by_reason(self) -> pd.DataFrame:
         """The rows rejected while reading the base: ``table, reason, rows``."""
@@ -128,7 +146,12 @@ def prepared_base(
         info = prepare(paths, prep, until, chunk_size,
                        run=local_runner(workers, min_weight=_POOL_MIN_ROWS),
                        child=child and workers > 1, console=console, reject_after_as_of=True)
-        yield PreparedBase(Path(tmp), prep, info, workers)
+        yield PreparedBase(Path(tmp), prep, info, workers, console)
+
+
+def _bucket_call(fn: Callable[..., Any], k: int, *args: Any) -> tuple[int, Any]:
+    """Worker: ``fn(k, *args)``, with ``k`` (results arrive in any order)."""
+    return k, fn(k, *args)
 
 
 def partitioned_training_set(
@@ -157,7 +180,7 @@ def partitioned_training_set(
         Processes (default: one per core).
     """
     config = config or FeatureConfig()
-    until_ts = pd.Timestamp(until) if until is not None else None
+    until_ts = parse_as_of(until, "--until")
     # the base linked in this process: its memory is small beside the training set's
     with prepared_base(data_dir, purpose="training-set", until=until_ts, workdir=workdir,
                        chunk_size=chunk_size, workers=workers, console=console) as base:
@@ -169,17 +192,9 @@ def partitioned_training_set(
         if not dates:
             raise ValueError("no as-of dates: the history is shorter than the label horizon "
                              f"({config.horizon_days} days) plus 60 days")
-        n_buckets = int(info["n_buckets"])
-        calls = [(_snapshot_task, (k, str(prep), str(parts), [str(t) for t in dates], config),
-                  int(info["bucket_sizes"][k])) for k in range(n_buckets)]
-        examples: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
-        with Progress(console).task("snapshots", int(info["contacts"]), "contacts") as advance:
-            def done(weight: int, result: tuple[int, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
-                examples[result[0]] = result[1]
-                advance(weight)
-
-            base.run_buckets(calls, done)
-        frame = _assemble(parts, n_buckets)
+        examples = base.map_buckets(
+            _snapshot_task, (str(prep), str(parts), [str(t) for t in dates], config), "snapshots")
+        frame = _assemble(parts, int(info["n_buckets"]))
         example = examples[next(k for k, n in enumerate(info["bucket_sizes"]) if n)]
         rejects = base.rejects_by_reason()
     return TrainingSet(frame, dates, end, int(info["contacts"]), int(info["events"]), rejects, example)
@@ -213,15 +228,15 @@ def bucket_snapshots(contacts: pd.DataFrame, events: pd.DataFrame, stages: pd.Da
 
 
 def _snapshot_task(k: int, prep: str, parts: str, as_of_dates: list[str], config: FeatureConfig
-                   ) -> tuple[int, tuple[pd.DataFrame, pd.DataFrame]]:
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Worker: bucket ``k``'s snapshots -> ``parts/part-k.arrow`` (uncompressed Arrow IPC:
-    written at disk speed and read back memory-mapped, column by column); returns ``k`` and
-    its first leads (:func:`first_leads`, the run's input example)."""
+    written at disk speed and read back memory-mapped, column by column); returns its first
+    leads (:func:`first_leads`, the run's input example)."""
     contacts, events, stages = read_bucket(Path(prep), k)
     frame = bucket_snapshots(contacts, events, stages, [pd.Timestamp(t) for t in as_of_dates], config)
     table = pa.Table.from_pandas(frame, schema=SNAPSHOT_SCHEMA, preserve_index=False)
     write_arrow_part(table, Path(parts) / f"part-{k:05d}.arrow")
-    return k, first_leads(contacts, events)
+    return first_leads(contacts, events)
 
 
 def write_arrow_part(table: pa.Table, path: Path, *, batch_rows: int | None = None) -> None:

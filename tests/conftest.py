@@ -71,6 +71,18 @@ def use_store(trained_store, monkeypatch) -> TrainedStore:
     return trained_store
 
 
+@pytest.fixture
+def filled_of():
+    """The fields hygiene filled into a clean contact (a row) from a later duplicate."""
+    from features.hygiene import FILLABLE_FIELDS, filled_field_mask
+
+    def filled(row: pd.Series) -> set[str]:
+        bits = np.array([row["filled_fields"]])
+        return {f for f in FILLABLE_FIELDS if filled_field_mask(bits, f)[0]}
+
+    return filled
+
+
 # -- CRM tables ---------------------------------------------------------------------------------
 def _crm_export(n: int = 2000, seed: int = 0) -> pd.DataFrame:
     """A shop's CRM export: its own column names, text cells as a CSV reader gives them."""

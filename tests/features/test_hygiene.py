@@ -10,7 +10,6 @@ import pytest
 
 from features import schema
 from features.hygiene import (
-    FILLABLE_FIELDS,
     CleanResult,
     canonical_rows,
     clean,
@@ -18,7 +17,6 @@ from features.hygiene import (
     duplicate_id_map,
     email_domains,
     email_quality,
-    filled_field_mask,
     normalise_country,
     normalise_email,
     phone_valid,
@@ -239,12 +237,7 @@ def _tables(contacts: dict, events: dict | None = None, stages: dict | None = No
     )
 
 
-def _filled(row: pd.Series) -> set[str]:
-    """The fields hygiene filled into a canonical contact from a later duplicate."""
-    return {f for f in FILLABLE_FIELDS if filled_field_mask(np.array([row["filled_fields"]]), f)[0]}
-
-
-def test_duplicates_by_email_merge_onto_the_earliest_contact():
+def test_duplicates_by_email_merge_onto_the_earliest_contact(filled_of):
     tables = _tables(
         {
             "contact_id": ["c1", "c2", "c3", "c4"],
@@ -279,7 +272,7 @@ def test_duplicates_by_email_merge_onto_the_earliest_contact():
     assert ann["email_quality"] == "corporate"
     # c1 and c3 were created later: what they filled is recorded, with when it became known
     # (the latest of them: snapshots before it read those fields as missing)
-    assert _filled(ann) == {"phone", "industry", "employees", "do_not_email"}
+    assert filled_of(ann) == {"phone", "industry", "employees", "do_not_email"}
     assert ann["filled_at"] == pd.Timestamp("2024-03-01")
     bob = contacts.loc["c4"]
     assert bob["filled_fields"] == 0 and pd.isna(bob["filled_at"])
@@ -323,7 +316,7 @@ def test_invalid_or_missing_emails_never_link_contacts():
     assert result.rejects.empty and result.id_map.empty
 
 
-def test_same_id_twice_and_transitive_links_form_one_contact():
+def test_same_id_twice_and_transitive_links_form_one_contact(filled_of):
     tables = _tables(
         {
             "contact_id": ["c1", "c1", "c2"],
@@ -340,7 +333,7 @@ def test_same_id_twice_and_transitive_links_form_one_contact():
     assert row["email"] == "one@acme.com" and row["email_quality"] == "corporate"
     assert row["country"] == "DE"
     # the address came with the later rows (the earliest c2 row, 2024-02-01, brought it)
-    assert _filled(row) == {"email"} and row["filled_at"] == pd.Timestamp("2024-02-01")
+    assert filled_of(row) == {"email"} and row["filled_at"] == pd.Timestamp("2024-02-01")
     assert result.rejects["row"].tolist() == [0, 2]
     assert result.id_map.to_dict("records") == [{"duplicate_id": "c2", "contact_id": "c1"}]
     assert result.events["contact_id"].tolist() == ["c1"]

@@ -22,7 +22,7 @@ from features import schema
 from features.build import build_features, build_training_set, features_for_leads
 from features.config import FeatureConfig
 from features.feature_table import write_feature_table
-from features.hygiene import FILLABLE_FIELDS, clean, filled_field_mask
+from features.hygiene import clean
 from features.io import validate_tables
 from features.loading import load_base
 from features.synthetic import write_tables
@@ -129,11 +129,7 @@ def test_planted_later_record_and_opt_out_change_no_feature_at_t():
     pd.testing.assert_frame_equal(_features(T), _features(T, known_at_t=True))
 
 
-def _filled(row: pd.Series) -> set[str]:
-    return {f for f in FILLABLE_FIELDS if filled_field_mask(np.array([row["filled_fields"]]), f)[0]}
-
-
-def test_later_duplicate_fills_the_record_and_says_since_when():
+def test_later_duplicate_fills_the_record_and_says_since_when(filled_of):
     """a2's job title, size, revenue, phone and opt-out fill a1's gaps (the record at the
     data's end), and hygiene records which fields came from a later record and when it was
     created. a2 is merged (rejected as a duplicate, its id mapped)."""
@@ -143,12 +139,12 @@ def test_later_duplicate_fills_the_record_and_says_since_when():
     assert a1["job_title"] == "VP Marketing" and a1["employees"] == 1200.0
     assert a1["annual_revenue"] == 5e7 and a1["phone"] == "+49 30 901820" and a1["has_phone"] == 1
     assert bool(a1["do_not_email"]) is True
-    assert _filled(a1) == {"phone", "job_title", "employees", "annual_revenue", "do_not_email"}
+    assert filled_of(a1) == {"phone", "job_title", "employees", "annual_revenue", "do_not_email"}
     assert a1["filled_at"] == pd.Timestamp("2024-03-20 09:00")
     f1, g1 = contacts.loc["f1"], contacts.loc["g1"]
     assert f1["email"] == "fay@phi-corp.com" and f1["email_quality"] == "corporate"
-    assert _filled(f1) == {"email"} and f1["filled_at"] == pd.Timestamp("2024-03-25 09:00")
-    assert _filled(g1) == {"country"} and g1["has_phone"] == 1
+    assert filled_of(f1) == {"email"} and f1["filled_at"] == pd.Timestamp("2024-03-25 09:00")
+    assert filled_of(g1) == {"country"} and g1["has_phone"] == 1
     # same instant (e2): filled, nothing to date; no duplicate: nothing filled
     for cid in ("e1", "b1", "z1"):
         assert contacts.loc[cid, "filled_fields"] == 0 and pd.isna(contacts.loc[cid, "filled_at"])
