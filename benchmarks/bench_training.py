@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
 
 from features.config import FeatureConfig  # noqa: E402
-from features.loading import read_truth  # noqa: E402
 from features.synthetic import generate, write_tables  # noqa: E402
 from features.training_set import partitioned_training_set  # noqa: E402
+from training.cli import _truth  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.train import train  # noqa: E402
 
@@ -93,7 +93,7 @@ def run(contacts: int, seed: int, data: Path | None, keep: Path | None,
 
             stages.run("generate", gen)
         built = stages.run("training_set", partitioned_training_set, data, config=fcfg)
-        truth = read_truth(data, since=built.as_of_dates[-tcfg.split.test_dates])
+        truth = _truth(data, built, tcfg)
     ts = built.frame
     result = stages.run("train", train, ts, config=tcfg, feature_config=fcfg, truth=truth,
                         tune_trials=tune_trials)

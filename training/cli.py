@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
@@ -123,25 +122,43 @@ def _truth(data: Path, ts, train_config) -> pd.DataFrame | None:
 
 def _input_example(contacts: pd.DataFrame, events: pd.DataFrame, until: pd.Timestamp) -> pd.DataFrame:
     """A few raw leads (contact fields + events JSON) for the MLflow signature, made up from
-    real ones so that none is a real lead: ids ``example-1…``, no email, phone, company name
-    or domain, each field taken from another lead than the next (rotated), times to the day."""
+    real ones so that no row carries a real lead's attributes or history: ids ``example-1…``;
+    no email, phone, company name or domain; each contact column on its own (row ``i`` takes
+    the ``i``-th of the column's sorted distinct values among the leads given, cycling);
+    the events of all those leads pooled, sorted by type and time and dealt in turn to the
+    rows; times to the day."""
     from features import schema
 
     private = ("email", "phone", "company_name", "company_domain")
     keep = [c for c in contacts.columns if c in schema.CONTACTS.columns and c not in private]
     real = contacts[keep].reset_index(drop=True)
     n = len(real)
-    out = pd.DataFrame({c: np.roll(real[c].to_numpy(dtype=object), -j) if c != "contact_id"
-                        else real[c].to_numpy(dtype=object) for j, c in enumerate(keep)})
-    out["created_at"] = pd.to_datetime(real["created_at"]).dt.floor("D").astype(str)
-    ev = events[events["contact_id"].isin(real["contact_id"])].copy()
-    ev["ts"] = pd.to_datetime(ev["ts"]).dt.floor("D").astype(str)
-    grouped = {cid: g.drop(columns="contact_id").astype(object).where(g.notna(), None).to_dict("records")
-               for cid, g in ev.groupby("contact_id")}
-    out["events"] = [json.dumps(grouped.get(c, []), default=str) for c in out["contact_id"]]
+    out = {}
+    for c in keep:
+        col = real[c]
+        if c == "created_at":
+            col = pd.to_datetime(col).dt.floor("D").astype(str).where(col.notna())
+        values = _sorted_distinct(col)
+        # a column with no value at all has nothing to give away: kept as it is
+        out[c] = [values[i % len(values)] for i in range(n)] if values else col.to_numpy(dtype=object)
+    out = pd.DataFrame(out, dtype=object)
+    ev = events[events["contact_id"].isin(real["contact_id"])].drop(columns="contact_id")
+    ev = ev.assign(ts=pd.to_datetime(ev["ts"]).dt.floor("D").astype(str))
+    ev = ev.sort_values(["event_type", "ts"], kind="stable")
+    pooled = ev.astype(object).where(ev.notna(), None).to_dict("records")
+    out["events"] = [json.dumps(pooled[i::n], default=str) for i in range(n)]
     out["contact_id"] = [f"example-{i + 1}" for i in range(n)]
     out["as_of"] = str(until)
     return out
+
+
+def _sorted_distinct(values: pd.Series) -> list:
+    """The distinct non-missing values of ``values``, sorted (by text when of mixed kinds)."""
+    distinct = values.dropna().drop_duplicates().to_numpy(dtype=object).tolist()
+    try:
+        return sorted(distinct)
+    except TypeError:
+        return sorted(distinct, key=repr)
 
 
 @app.command()

@@ -55,6 +55,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from features.config import read_section
 from features.schema import LABEL, OUTPUT_COLUMNS
 from training.config import TrainConfig
 from training.leakage import probable_leaks, single_feature_auc
@@ -1420,6 +1421,12 @@ def table_rejects(frame: pd.DataFrame, config: DatasetConfig, data: pd.DataFrame
     return keep, rejects
 
 
+def reject_counts(rejects: pd.DataFrame) -> pd.Series:
+    """Rows left out per kind of reason (:func:`table_rejects`' ``reason`` without its
+    row-specific part, e.g. the row a duplicate id repeats), most frequent first."""
+    return rejects["reason"].str.replace(r" \(same .*", "", regex=True).value_counts()
+
+
 @dataclass
 class TableTrainResult:
     """A trained table model with what it was trained on."""
@@ -1484,7 +1491,7 @@ def train_table(
              if config.time_column else None)
     keep, rejects = table_rejects(frame, config, data, times)
     dropped = int((~keep).sum())
-    for why, n in rejects["reason"].str.split(" \\(").str[0].value_counts().items():
+    for why, n in reject_counts(rejects).items():
         log.warning("%d row(s) left out: %s", n, why)
     data = data[keep].reset_index(drop=True)
     data[LABEL] = data[LABEL].astype("int64")
@@ -1649,11 +1656,9 @@ def table_input_example(frame: pd.DataFrame, config: DatasetConfig, columns: Col
 
 def _training_config(dataset: DatasetConfig, config_path: Path | None) -> TrainConfig:
     overrides = dict(dataset.training)
-    if config_path is not None:
-        data = yaml.safe_load(Path(config_path).read_text()) or {}
-        extra = data.get("training", {}) if isinstance(data, Mapping) else {}
-        params = {**overrides.get("lgbm_params", {}), **extra.get("lgbm_params", {})}
-        overrides = {**overrides, **extra, **({"lgbm_params": params} if params else {})}
+    extra = read_section(config_path, "training", dict)  # {} without a file; ConfigError is a ValueError
+    params = {**overrides.get("lgbm_params", {}), **extra.get("lgbm_params", {})}
+    overrides = {**overrides, **extra, **({"lgbm_params": params} if params else {})}
     return table_training_config(overrides)
 
 
@@ -1698,14 +1703,12 @@ def log_table_run(
     import mlflow
     from mlflow import MlflowClient
 
-    from training.tracking import champion_version, log_training
+    from training.tracking import log_training
 
     config = trained.config
     name = config.name or "table"
     client = MlflowClient()
     gate_config = gate_config or table_training_config(config.training).gate
-    champ = champion_version(client, config.registered_model)
-    other_data = champ is not None and champ.tags.get("dataset") != name
     result = trained.result
     kept = np.setdiff1d(np.arange(len(frame)), trained.rejects["row"].to_numpy(dtype="int64"))
     if len(kept) != len(trained.frame):
@@ -1736,7 +1739,7 @@ def log_table_run(
         mlflow.set_tags({"input": "table", "dataset": name})
     client.set_model_version_tag(config.registered_model, summary["version"], "dataset", name)
     client.set_model_version_tag(config.registered_model, summary["version"], "input", "table")
-    return {**summary, "champion_of_other_data": other_data}
+    return summary
 
 
 def train_table_command(
@@ -1805,8 +1808,7 @@ def train_table_command(
     for col, why in trained.flags.items():
         console.print(f"[red]probable leak[/] {col}: {why}")
     if len(trained.rejects):
-        counts = trained.rejects["reason"].str.replace(r" \(same .*", "", regex=True).value_counts()
-        for why, n in counts.items():
+        for why, n in reject_counts(trained.rejects).items():
             console.print(f"[yellow]rows left out[/] {n:,}: {why}")
     uri = configure_tracking(workdir)
     with console.status("logging to MLflow"):

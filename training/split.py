@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,13 @@ class Split:
     description: dict[str, str]
 
 
+def clear_before(dates: np.ndarray, boundary: Any, gap: pd.Timedelta) -> np.ndarray:
+    """Mask of the ``dates`` a window ending before ``boundary`` may hold: at least ``gap``
+    before it and strictly earlier, whatever the gap (a gap of 0 days must not put the
+    boundary date on both sides)."""
+    return (dates <= boundary - gap) & (dates < boundary)
+
+
 def time_split(as_of: pd.Series, config: SplitConfig, *, horizon_days: int) -> Split:
     """Split stacked snapshots by as-of date: train < validation < test, separated by a gap.
 
@@ -31,12 +39,9 @@ def time_split(as_of: pd.Series, config: SplitConfig, *, horizon_days: int) -> S
     dates = np.sort(pd.to_datetime(as_of).unique())
     gap = pd.Timedelta(days=horizon_days if config.gap_days is None else config.gap_days)
     test_dates = dates[-config.test_dates:]
-    # strictly before the next window's first date, whatever the gap (a gap of 0 days must
-    # not put that date on both sides)
-    val_pool = dates[(dates <= test_dates[0] - gap) & (dates < test_dates[0])]
+    val_pool = dates[clear_before(dates, test_dates[0], gap)]
     val_dates = val_pool[-config.validation_dates:]
-    train_dates = (dates[(dates <= val_dates[0] - gap) & (dates < val_dates[0])]
-                   if len(val_dates) else dates[:0])
+    train_dates = dates[clear_before(dates, val_dates[0], gap)] if len(val_dates) else dates[:0]
     if len(train_dates) == 0 or len(val_dates) == 0:
         raise ValueError(
             f"time split: {len(dates)} as-of date(s) are too few for {config.test_dates} test, "

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from training.config import CHALLENGER, CHAMPION, REGISTERED_MODEL, GateConfig
 from training.pyfunc import ARTIFACT, signature
-from training.train import TrainResult
+from training.train import TrainResult, by_chunks
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "lead-scoring"
@@ -33,13 +33,19 @@ EXPERIMENT = "lead-scoring"
 _EMBEDDED_URIS: set[str] = set()  # the embedded stores configure_tracking chose
 
 
+def user_tracking_uri() -> str | None:
+    """The user's ``MLFLOW_TRACKING_URI`` (used whatever the workdir); None when it is unset
+    or is an embedded store :func:`configure_tracking` set earlier in this process
+    (``mlflow.set_tracking_uri`` exports it: not the user's choice)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri not in _EMBEDDED_URIS else None
+
+
 def configure_tracking(workdir: Path | str = ".") -> str:
     """Use ``MLFLOW_TRACKING_URI`` or the embedded SQLite store in ``workdir``; returns the URI."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: a URI we set earlier in this
-    # process is not the user's choice, so another workdir gets its own store
-    if not uri or uri in _EMBEDDED_URIS:
+    uri = user_tracking_uri()
+    if uri is None:  # another workdir gets its own store
         workdir = Path(workdir).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -89,11 +95,11 @@ class ChampionComparison:
 
 
 def gate(new: dict[str, float], rules: dict[str, float],
-         champion: ChampionComparison | dict[str, float] | None, config: GateConfig) -> GateDecision:
+         champion: ChampionComparison | None, config: GateConfig) -> GateDecision:
     """Champion only if the new model beats the rules and is not worse than the champion.
 
-    ``champion``: the current champion's figures on the new model's own test rows (a
-    :class:`ChampionComparison`, or a plain dict of them), ``None`` when there is no champion.
+    ``champion``: the current champion's figures on the new model's own test rows
+    (:func:`compare_with_champion`), ``None`` when there is no champion.
     A champion that could not be scored on those rows (``why_not``) is not replaced
     automatically: the new version stays challenger and the reason says why.
     """
@@ -103,8 +109,6 @@ def gate(new: dict[str, float], rules: dict[str, float],
                             f"{rules[m]:.4f} by {config.min_gain_over_rules}")
     if new.get("ece", 0.0) > config.max_ece:
         return GateDecision(False, CHALLENGER, f"calibration error {new['ece']:.4f} > {config.max_ece}")
-    if isinstance(champion, dict):
-        champion = ChampionComparison("?", metrics=champion)
     if champion is None:
         return GateDecision(True, CHAMPION, f"{m} {new[m]:.4f} vs rules {rules[m]:.4f}, no champion yet")
     if champion.metrics is None or m not in champion.metrics:
@@ -192,8 +196,9 @@ def champion_probabilities(champion: Any, new: Any, rows: pd.DataFrame, *,
     if missing:
         shown = ", ".join(map(repr, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise NotComparable(f"the test rows lack column(s) it needs: {shown}")
-    try:
-        p = np.asarray(score(champion, rows) if score else champion.predict_proba(rows), dtype="float64")
+    try:  # a chunk of rows at a time, as train() scores: a test window of millions of rows
+        predict = (lambda part: score(champion, part)) if score else champion.predict_proba
+        p = np.asarray(by_chunks(predict, rows), dtype="float64")
     except Exception as e:  # any failure to score: not comparable, said by kind (no row values)
         raise NotComparable(f"scoring the test rows failed ({type(e).__name__})") from e
     if p.shape != (len(rows),) or not np.isfinite(p).all():
@@ -224,8 +229,7 @@ def compare_with_champion(result: TrainResult, rows: pd.DataFrame, version: str,
     except NotComparable as e:
         return ChampionComparison(version, why_not=str(e))
     row = compare({"champion": p}, preds[result.label].to_numpy()).set_index("scorer").loc["champion"]
-    metrics = {k: float(v) for k, v in row.items()
-               if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)}
+    metrics = {k: float(v) for k, v in row.items() if _finite(v)}
     window = result.split.description.get("test", "")
     return ChampionComparison(version, metrics=metrics, window=window, rows=len(preds))
 
@@ -364,8 +368,7 @@ def log_training(
         mlflow.log_params({k: v for k, v in {**result.params, **(extra_params or {})}.items()
                            if not isinstance(v, (dict, list))})
         for scorer, row in result.comparison.iterrows():
-            mlflow.log_metrics({f"{scorer}_{k}": float(v) for k, v in row.items()
-                                if isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v)})
+            mlflow.log_metrics({f"{scorer}_{k}": float(v) for k, v in row.items() if _finite(v)})
         mlflow.log_metrics({f"calibration_logloss_{k}": v for k, v in result.calibration_losses.items()})
         with warnings.catch_warnings():  # source ambiguity and int-column hints: not actionable
             warnings.simplefilter("ignore", UserWarning)
@@ -396,12 +399,9 @@ def log_training(
         champ = champion_version(client, registered_name)
         comparison = None
         if champ is not None:
-            rows = (champion_input if champion_input is not None
-                    else result.test_inputs(training_set) if result.test_rows is not None else None)
-            comparison = (compare_with_champion(result, rows, str(champ.version),
-                                                registered_name=registered_name, score=champion_score)
-                          if rows is not None else
-                          ChampionComparison(str(champ.version), why_not="the test rows are unknown"))
+            rows = champion_input if champion_input is not None else result.test_inputs(training_set)
+            comparison = compare_with_champion(result, rows, str(champ.version),
+                                               registered_name=registered_name, score=champion_score)
         new = result.comparison.loc["model"].to_dict()
         decision = gate(new, result.comparison.loc["rules"].to_dict(), comparison,
                         gate_config or GateConfig())

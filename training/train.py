@@ -29,7 +29,7 @@ from training.metrics import compare, decile_table, reliability_curve
 from training.model import LeadModel
 from training.rules import RuleScorer
 from training.scoring import ScoreScale
-from training.split import Split, random_split, time_split
+from training.split import Split, clear_before, random_split, time_split
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,15 @@ class TrainResult:
     excluded: dict[str, str]
     calibration_losses: dict[str, float]
     importance: pd.Series
-    label: str = schema.LABEL
-    params: dict[str, Any] = field(default_factory=dict)
     #: Positions, in the frame given to :func:`train`, of the rows of ``test_predictions``
     #: (same order). Fewer than the test window when the truth table misses some rows.
-    test_rows: np.ndarray | None = None
+    test_rows: np.ndarray
+    label: str = schema.LABEL
+    params: dict[str, Any] = field(default_factory=dict)
 
     def test_inputs(self, data: pd.DataFrame) -> pd.DataFrame:
         """The rows of ``data`` (the frame given to :func:`train`) behind ``test_predictions``,
         in their order: what another scorer must score to be compared with these figures."""
-        if self.test_rows is None:
-            raise ValueError("this result does not record its test rows")
         return data.iloc[self.test_rows].reset_index(drop=True)
 
 
@@ -171,21 +169,21 @@ def fit_booster(
 def inner_time_split(groups: np.ndarray, *, config: TrainConfig,
                      horizon_days: int | None) -> tuple[np.ndarray, np.ndarray]:
     """``(fit, validation)`` row masks of the tuning split of a training window by as-of date
-    (``groups``: datetime64 values, or integers as nanoseconds since the epoch).
+    (``groups``: datetime64 values).
 
     The last date is the inner validation set; the inner training rows are the dates at least
     the gap (``config.split.gap_days``, default ``horizon_days``) before it and strictly
-    earlier, the rule of :func:`training.split.time_split`. Raises ``ValueError`` when no
-    such date is left: tuning would then fit on labels that look into its validation period.
+    earlier, the rule of :func:`training.split.time_split` (:func:`training.split.clear_before`).
+    Raises ``ValueError`` when no such date is left: tuning would then fit on labels that look
+    into its validation period.
     """
     if config.split.gap_days is None and horizon_days is None:
         raise ValueError("tuning by as-of date needs the label horizon (horizon_days)")
     gap = pd.Timedelta(days=horizon_days if config.split.gap_days is None else config.split.gap_days)
     t = np.asarray(groups)
-    t = (t if np.issubdtype(t.dtype, np.datetime64) else pd.to_datetime(t, unit="ns").to_numpy())
     last = t.max()
     validation = t == last
-    fit = (t <= last - gap) & (t < last)
+    fit = clear_before(t, last, gap)
     if not fit.any():
         dates = np.unique(t)
         raise ValueError(
@@ -216,8 +214,7 @@ def tune(
 
     if groups is None:
         cv = StratifiedKFold(n_splits=inner_folds, shuffle=True, random_state=config.seed)
-        inner = [(np.isin(np.arange(len(y)), val, invert=True), np.isin(np.arange(len(y)), val))
-                 for _, val in cv.split(X, y)]
+        inner = list(cv.split(X, y))  # (fit, validation) positions
     else:
         inner = [inner_time_split(groups, config=config, horizon_days=horizon_days)]
 
@@ -391,11 +388,13 @@ def train(
         raw_val = np.empty(len(rows))
         boosters = []
         for fit_idx, val_idx in cv.split(rows, y[rows]):
-            b = fit_booster(X(rows[fit_idx]), y[rows[fit_idx]], X(rows[val_idx]), y[rows[val_idx]],
+            X_val = X(rows[val_idx])
+            b = fit_booster(X(rows[fit_idx]), y[rows[fit_idx]], X_val, y[rows[val_idx]],
                             categorical_idx=cat_idx, feature_names=names, config=config,
                             overrides=overrides)
-            raw_val[val_idx] = b.predict(X(rows[val_idx]), num_threads=config.num_threads)
+            raw_val[val_idx] = b.predict(X_val, num_threads=config.num_threads)
             boosters.append(b)
+        del X_val  # a window's matrix: not held through calibration and the baseline
         best_iteration: int | list[int] = [int(b.best_iteration) for b in boosters]
         booster = merge_boosters(boosters)
         y_val = y[rows]
@@ -407,11 +406,13 @@ def train(
             "test": split.description["test"],
         })
     else:
-        booster = fit_booster(X(split.train), y[split.train], X(split.validation), y[split.validation],
+        X_val, y_val = X(split.validation), y[split.validation]
+        booster = fit_booster(X(split.train), y[split.train], X_val, y_val,
                               categorical_idx=cat_idx, feature_names=names, config=config,
                               overrides=overrides)
         best_iteration = booster.best_iteration
-        raw_val, y_val = booster.predict(X(split.validation), num_threads=config.num_threads), y[split.validation]
+        raw_val = booster.predict(X_val, num_threads=config.num_threads)
+        del X_val  # a window's matrix: not held through calibration and the baseline
         if "contact_id" in data:  # a contact's rows at the validation dates: one fold
             val_groups = data.loc[split.validation, "contact_id"].to_numpy()
 

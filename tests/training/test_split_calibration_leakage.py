@@ -10,7 +10,7 @@ from training.calibration import Calibrator, choose_calibration
 from training.config import GateConfig, SplitConfig
 from training.leakage import probable_leaks, single_feature_auc
 from training.split import random_split, time_split
-from training.tracking import gate
+from training.tracking import ChampionComparison, gate
 
 
 def test_time_split_keeps_a_horizon_gap_between_windows():
@@ -92,6 +92,7 @@ def test_gate_promotes_only_a_model_that_beats_rules_and_champion():
     rules = {"roc_auc": 0.70, "ece": 0.01}
     assert gate({"roc_auc": 0.80, "ece": 0.01}, rules, None, cfg).promoted
     assert not gate({"roc_auc": 0.69, "ece": 0.01}, rules, None, cfg).promoted
-    assert not gate({"roc_auc": 0.80, "ece": 0.01}, rules, {"roc_auc": 0.81}, cfg).promoted
-    assert gate({"roc_auc": 0.806, "ece": 0.01}, rules, {"roc_auc": 0.81}, cfg).promoted
+    champion = ChampionComparison("1", metrics={"roc_auc": 0.81})
+    assert not gate({"roc_auc": 0.80, "ece": 0.01}, rules, champion, cfg).promoted
+    assert gate({"roc_auc": 0.806, "ece": 0.01}, rules, champion, cfg).promoted
     assert not gate({"roc_auc": 0.80, "ece": 0.2}, rules, None, cfg).promoted
