@@ -385,16 +385,14 @@ def _created_by_as_of(created_us: np.ndarray, as_of_us: int, as_of_given: bool,
                       where: Any) -> np.ndarray:
     """``created_us`` when every lead exists at ``as_of`` (a creation up to :data:`CLOCK_SKEW`
     after an omitted ``as_of`` counts as at ``as_of``); else a RequestError naming
-    ``where(i)`` for the leads created later (``where`` None: _NotPlain, pydantic's path
-    names them). The nightly batch leaves such leads out (``created_after_as_of``)."""
+    ``where(i)`` for the leads created later. The nightly batch leaves such leads out
+    (``created_after_as_of``)."""
     if not as_of_given:
         created_us = np.where(created_us - as_of_us <= _SKEW_US,
                               np.minimum(created_us, as_of_us), created_us)
     late = np.flatnonzero(created_us > as_of_us)
     if not len(late):
         return created_us
-    if where is None:
-        raise _NotPlain
     raise RequestError([{"field": where(int(i)), "type": "created_after_as_of",
                          "message": "created after as_of (now when as_of is omitted): the lead "
                                     "did not exist at the scoring date"} for i in late[:10]])
@@ -691,7 +689,13 @@ _A_STAGES = attrgetter("stages")
 def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] | None:
     """The columns and reasons mode of a raw :data:`ScoreRequest` body, decoded and checked
     in one pass (msgspec); None for any body it leaves to :data:`SCORE_REQUEST` and
-    :func:`to_columns` (invalid ones, unusual timestamp shapes)."""
+    :func:`to_columns` (invalid ones, unusual timestamp shapes).
+
+    Raises
+    ------
+    RequestError
+        A lead created after ``as_of``, as :func:`to_columns` names it.
+    """
     try:
         request = _DECODER.decode(body)
     except Exception:  # DecodeError, ValidationError, UnicodeDecodeError: pydantic names it
@@ -711,9 +715,11 @@ def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] 
 # (tested).
 
 #: Bodies larger than this are decoded a lead or row at a time, in a worker thread. Below it,
-#: one inline decode stalls the loop ~25 ms at most (msgspec: ~3.4 ms for 100 leads x 50
-#: events, 563 KB); a 256 KB threshold sent such common requests through the thread and cost
-#: a third of their throughput (BENCHMARKS.md, HTTP service).
+#: one inline decode stalls the loop ~25 ms at most for a body msgspec takes (~3.4 ms for
+#: 100 leads x 50 events, 563 KB); a body left to pydantic (timestamps with offsets, bodies
+#: answered by a 4xx) is validated inline too, at about a second per 30 MB: ~130 ms at 4 MB.
+#: A 256 KB threshold sent common requests through the thread and cost a third of their
+#: throughput (BENCHMARKS.md, HTTP service).
 LARGE_BODY_BYTES = 4 * 1024 * 1024
 #: At most this many errors are reported for a body (the rest of it is not validated).
 MAX_ERRORS = 20
@@ -834,7 +840,8 @@ def validate_large(body: bytes, whole: TypeAdapter, key: str, item: TypeAdapter,
 
 
 def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
-    """:func:`to_columns` of a decoded struct (_NotPlain for timestamps left to pydantic)."""
+    """:func:`to_columns` of a decoded struct (_NotPlain for timestamps left to pydantic;
+    RequestError for leads created after ``as_of``)."""
     astuple = msgspec.structs.astuple
     leads = request.leads
     n = len(leads)
@@ -869,12 +876,15 @@ def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
         per_lead = list(map(_A_STAGES, leads))
         st_counts = list(map(len, per_lead))
         sts = list(chain.from_iterable(per_lead))
+    # every timestamp checked first: one pydantic would reject goes there (_NotPlain) before
+    # a late lead is named, as in SCORE_REQUEST + to_columns
+    ev_us, st_us = _plain_us(list(map(_A_TS, evs))), _plain_us(list(map(_A_TS, sts)))
     if late:
-        created_us = _created_by_as_of(created_us, as_of_us, request.as_of is not None, None)
+        created_us = _created_by_as_of(created_us, as_of_us, request.as_of is not None,
+                                       _created_field)
     return _assemble(ids, block, created_us, as_of_us,
-                     ev_counts, _plain_us(list(map(_A_TS, evs))), list(map(_A_EVENT_TYPE, evs)),
-                     list(map(_A_CAMPAIGN, evs)),
-                     st_counts, _plain_us(list(map(_A_TS, sts))), list(map(_A_STAGE, sts)))
+                     ev_counts, ev_us, list(map(_A_EVENT_TYPE, evs)), list(map(_A_CAMPAIGN, evs)),
+                     st_counts, st_us, list(map(_A_STAGE, sts)))
 
 
 def _object_array(values: list[Any]) -> np.ndarray:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -860,10 +859,9 @@ PSI_FEATURES: tuple[str, ...] = (
 def tracking_store_exists(workdir: Path) -> bool:
     """Whether there is a tracking store to read a model from: a team's server
     (``MLFLOW_TRACKING_URI``) or the embedded store (``mlflow.db``) in ``workdir``."""
-    from training import tracking
+    from training.tracking import user_tracking_uri
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri and uri not in getattr(tracking, "_EMBEDDED_URIS", set()):
+    if user_tracking_uri() is not None:
         return True  # the user's choice: configure_tracking uses it whatever the workdir
     return (Path(workdir) / "mlflow.db").is_file()
 

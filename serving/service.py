@@ -78,8 +78,8 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   key's bytes compared in constant time with each key; without keys the service only starts
   on, and only answers on, a loopback address.
 * LightGBM runs with ``num_threads=1``; one worker process by default (``LEADSCORE_WORKERS``:
-  2 gave 12–30 % more requests/s on 2 cores in one run under load, ``bench_serving.py
-  --workers 2``). BentoML's access log and metrics are off by default
+  with 2, one run under load gave 729 requests/s with reasons, 0.49× a bare endpoint run as
+  one process; BENCHMARKS.md). BentoML's access log and metrics are off by default
   (``LEADSCORE_ACCESS_LOG=1``, ``LEADSCORE_METRICS=1``), tracing of the API paths too
   (``LEADSCORE_TRACING=1``).
 """
@@ -162,21 +162,15 @@ def check_bind_allowed(host: str, api_keys: str) -> None:
         )
 
 
-def authorized(header: bytes | str | None, keys: tuple[bytes, ...]) -> bool:
+def authorized(header: bytes | None, keys: tuple[bytes, ...]) -> bool:
     """Whether an ``Authorization`` header carries one of ``keys``: the ``Bearer`` scheme in
     any case (RFC 7235), the key compared as bytes in constant time, every key compared.
 
-    ``header`` is the header's bytes as received, or its text as ASGI frameworks give it
-    (decoded as latin-1, which gives the received bytes back): a key with non-ASCII
+    ``header`` is the header's bytes as received (the ASGI scope's): a key with non-ASCII
     characters matches when the client sends it in UTF-8, as :func:`parse_api_keys` reads it.
     """
     if not header:
         return False
-    if isinstance(header, str):
-        try:
-            header = header.encode("latin-1")
-        except UnicodeEncodeError:  # not received text: take it as UTF-8
-            header = header.encode("utf-8", "surrogateescape")
     if header[:7].lower() != b"bearer ":
         return False
     given = header[7:].strip()
@@ -237,13 +231,10 @@ class ScorerState:
             except NotImplementedError as e:
                 log.warning("no fast path for this model (%s); using LeadModel.score", e)
         self.version = None if isinstance(scorer, RulesOnly) else str(scorer.model_version)
-        self.failed_version: str | None = None  # a newer champion that did not load
 
     def info(self) -> dict[str, Any]:
         out = {**_jsonable(self.scorer.info()), "loaded_at": self.loaded_at}
         out.setdefault("input", self.kind)
-        if self.failed_version is not None:
-            out["champion_not_loaded"] = self.failed_version
         return out
 
 
@@ -475,7 +466,10 @@ class ScoreEndpoint:
 
 def _decode(body: bytes, now: dt.datetime) -> tuple[T.LeadColumns, str] | Response:
     """The columns and reasons mode of an event request's body, or its 4xx."""
-    decoded = T.decode_columns(body, now=now)
+    try:
+        decoded = T.decode_columns(body, now=now)
+    except T.RequestError as e:
+        return _error(422, "invalid request", e.errors)
     if decoded is not None:
         return decoded
     try:  # not for the fast decoder: pydantic accepts it, or names what is wrong
@@ -508,7 +502,7 @@ async def model(request: Request) -> Response:
     if denied is not None:
         return denied
     state = await svc.wait_state()
-    return Response(json.dumps(state.info()).encode(), media_type=_JSON)
+    return Response(json.dumps(svc.model_info(state)).encode(), media_type=_JSON)
 
 
 async def reload(request: Request) -> Response:
@@ -519,7 +513,7 @@ async def reload(request: Request) -> Response:
         return denied
     await svc.wait_state()
     state, failure = await asyncio.to_thread(svc.reload_report, force=True)
-    info = state.info()
+    info = svc.model_info(state)
     if failure is not None:
         info["reload_error"] = failure
     return Response(json.dumps(info).encode(), media_type=_JSON)
@@ -623,7 +617,7 @@ class LeadScoringService:
         self.large_body = int(_env_float("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES))
         self.reload_seconds = _env_float("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
         self._state: ScorerState | None = None
-        self._failed_version: str | None = None  # a champion version that did not load
+        self._failed_version: str | None = None  # a champion that did not load (GET /model)
         self._retries = 0  # its failures after the first
         self._retry_at = 0.0  # time.monotonic() after which the poll retries it
         self._reload_lock = threading.Lock()
@@ -696,6 +690,8 @@ class LeadScoringService:
             version, unread = self._champion_version()
             if not force and current is not None:
                 if version is None or version == current.version:
+                    if version is not None:  # the alias is (back) on the serving version
+                        self._failed_version, self._retries = None, 0
                     return current, None  # no (readable) champion, or the same one
                 if version == self._failed_version and time.monotonic() < self._retry_at:
                     return current, None  # it failed to load: retried after a backoff
@@ -718,8 +714,6 @@ class LeadScoringService:
                 if version is not None:
                     self._note_failure(version)
                 if serving_model:
-                    if version is not None:
-                        current.failed_version = version
                     log.warning("the champion (version %s) could not be loaded (%s); version %s "
                                 "keeps answering", version or "unknown", failure, current.version)
                     return current, failure
@@ -731,6 +725,15 @@ class LeadScoringService:
             log.info("scorer loaded: %s %s version %s in %.1fs", info["scorer"], info["name"],
                      info["version"], time.perf_counter() - started)
             return state, failure
+
+    def model_info(self, state: ScorerState) -> dict[str, Any]:
+        """``GET /model``'s answer for ``state``: with ``champion_not_loaded``, the champion
+        version that failed to load, while a model answers in its place."""
+        info = state.info()
+        failed = self._failed_version
+        if failed is not None and state.version is not None:
+            info["champion_not_loaded"] = failed
+        return info
 
     def _note_failure(self, version: str) -> None:
         """Remember that ``version`` did not load, and when the poll may retry it."""
@@ -759,9 +762,13 @@ class LeadScoringService:
     # -- access --------------------------------------------------------------------------------
     def deny(self, request: Request) -> Response | None:
         """None when the request may go on; else the 401/403 answer."""
-        return self.check_access(request.headers.get("authorization"), request.scope.get("server"))
+        authorization = None
+        for name, value in request.headers.raw:  # the received bytes, as ScoreEndpoint reads them
+            if name == b"authorization":
+                authorization = value
+        return self.check_access(authorization, request.scope.get("server"))
 
-    def check_access(self, authorization: bytes | str | None, server: Any) -> Response | None:
+    def check_access(self, authorization: bytes | None, server: Any) -> Response | None:
         """None when a request with this ``Authorization`` header, received on the ``server``
         address, may go on; else the 401/403 answer."""
         if self.keys:
@@ -786,16 +793,6 @@ class LeadScoringService:
             log.error("featurisation failed (%s)", type(e).__name__)
             return _error(422, "the leads could not be featurised",
                           [{"field": "leads", "message": type(e).__name__, "type": "features"}])
-
-    def score_payload(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
-        """Score a request validated by :data:`serving.api_types.SCORE_REQUEST` with ``state``;
-        the JSON answer (or a 4xx)."""
-        now = _now()
-        try:
-            cols = T.to_columns(payload, now=now)
-        except T.RequestError as e:
-            return _error(422, "invalid request", e.errors)
-        return self.score_columns(cols, payload.get("reasons", "all"), now, state)
 
     def score_columns(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
                       ) -> bytes | Response:

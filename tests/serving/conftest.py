@@ -27,7 +27,7 @@ X_EDUCATION_CONFIG = REPO / "conf" / "datasets" / "x_education.yaml"
 FAST_TABLE_TRAINING = {"lgbm_params": {"learning_rate": 0.1}, "num_boost_round": 300,
                        "early_stopping_rounds": 30, "gate": {"min_train_positives": 50}}
 API_KEY = "test-key-1"
-NON_ASCII_KEY = "test-cl\u00e9-\u20ac-3"  # keys are UTF-8
+NON_ASCII_KEY = "test-cl\u00e9-\u00fc-3"  # keys are UTF-8; also in latin-1: tests send that too
 API_KEYS = f"{API_KEY}, test-key-2, {NON_ASCII_KEY}"
 MAX_BODY = 1_000_000  # bytes, small enough to test the 413 cheaply
 LARGE_BODY = 256 * 1024  # bytes: bodies above it take the lead-by-lead path (default 4 MB)
