@@ -686,10 +686,19 @@ _A_EVENTS = attrgetter("events")
 _A_STAGES = attrgetter("stages")
 
 
-def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] | None:
-    """The columns and reasons mode of a raw :data:`ScoreRequest` body, decoded and checked
-    in one pass (msgspec); None for any body it leaves to :data:`SCORE_REQUEST` and
-    :func:`to_columns` (invalid ones, unusual timestamp shapes).
+def decode_request(body: bytes) -> Any | None:
+    """A raw :data:`ScoreRequest` body decoded and type-checked by msgspec (a struct with
+    ``leads``, ``as_of`` and ``reasons``); None for any body it leaves to
+    :data:`SCORE_REQUEST`, which names what is wrong."""
+    try:
+        return _DECODER.decode(body)
+    except Exception:  # DecodeError, ValidationError, UnicodeDecodeError: pydantic names it
+        return None
+
+
+def request_columns(request: Any, *, now: dt.datetime) -> tuple[LeadColumns, str] | None:
+    """The columns and reasons mode of a request :func:`decode_request` gave; None when a
+    timestamp is left to :data:`SCORE_REQUEST` and :func:`to_columns` (unusual shapes).
 
     Raises
     ------
@@ -697,12 +706,34 @@ def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] 
         A lead created after ``as_of``, as :func:`to_columns` names it.
     """
     try:
-        request = _DECODER.decode(body)
-    except Exception:  # DecodeError, ValidationError, UnicodeDecodeError: pydantic names it
-        return None
-    try:
         return _struct_columns(request, now), request.reasons
     except _NotPlain:
+        return None
+
+
+def decode_columns(body: bytes, *, now: dt.datetime) -> tuple[LeadColumns, str] | None:
+    """:func:`request_columns` of :func:`decode_request`: the columns and reasons mode of a
+    raw :data:`ScoreRequest` body, decoded and checked in one pass; None for any body left to
+    :data:`SCORE_REQUEST` and :func:`to_columns` (invalid ones, unusual timestamp shapes).
+
+    Raises
+    ------
+    RequestError
+        A lead created after ``as_of``, as :func:`to_columns` names it.
+    """
+    request = decode_request(body)
+    return None if request is None else request_columns(request, now=now)
+
+
+def merged_columns(requests: list[Any], *, now: dt.datetime) -> LeadColumns | None:
+    """One :class:`LeadColumns` of the leads of several requests from :func:`decode_request`
+    that share ``as_of`` (the first request's), in request order: what the service scores
+    in one go. None when any of them must be answered on its own (a timestamp left to
+    pydantic, or a lead created after ``as_of``: its own error names it)."""
+    leads = [lead for request in requests for lead in request.leads]
+    try:
+        return _struct_columns(_Chunked(leads, requests[0].as_of, requests[0].reasons), now)
+    except (_NotPlain, RequestError):
         return None
 
 

@@ -98,6 +98,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ from starlette.routing import Route
 from features import schema
 from features.build import lead_feature_columns
 from serving import api_types as T
+from serving.microbatch import LoopBatcher
 
 log = logging.getLogger("leadscore.service")
 
@@ -122,6 +124,7 @@ _JSON = "application/json"
 _RELOAD_DEFAULT_SECONDS = 30.0
 _INITIAL_LOAD_WAIT_SECONDS = 60.0
 _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the event loop
+_BATCH_MAX_LEADS = 64  # smaller ones received together are scored together, up to this many leads
 #: A champion version that failed to load is retried by the poll after the poll interval,
 #: then twice as long at each failure, at most this many seconds apart.
 _RETRY_MAX_SECONDS = 600.0
@@ -451,23 +454,39 @@ class ScoreEndpoint:
                 return svc.score_rows(payload, state)
             return await asyncio.to_thread(svc.score_rows, payload, state)
         now = _now()
-        decoded = await asyncio.to_thread(_decode_large, body, now) if large \
-            else _decode(body, now)
+        if large:
+            decoded = await asyncio.to_thread(_decode_large, body, now)
+        else:
+            request = T.decode_request(body)
+            if request is not None and len(request.leads) <= _INLINE_MAX_LEADS:
+                return await svc.batcher.submit(_Pending(body, request, state))
+            decoded = _decode(body, now, request)
         if isinstance(decoded, Response):
             return decoded
         cols, mode = decoded
-        n = len(cols.contact_ids)
-        if n == 1 and not large:
-            return await svc.score_one(cols, mode, now, state)
-        if n <= _INLINE_MAX_LEADS and not large:
+        if len(cols.contact_ids) <= _INLINE_MAX_LEADS and not large:
             return svc.score_columns(cols, mode, now, state)
         return await asyncio.to_thread(svc.score_columns, cols, mode, now, state)
 
 
-def _decode(body: bytes, now: dt.datetime) -> tuple[T.LeadColumns, str] | Response:
-    """The columns and reasons mode of an event request's body, or its 4xx."""
+@dataclass(frozen=True)
+class _Pending:
+    """A small event request waiting for its batch: the body, msgspec's struct of it, the
+    scorer state it was received under."""
+
+    body: bytes
+    request: Any
+    state: ScorerState
+
+
+def _decode(body: bytes, now: dt.datetime, request: Any = None
+            ) -> tuple[T.LeadColumns, str] | Response:
+    """The columns and reasons mode of an event request's body, or its 4xx (``request``:
+    the body's :func:`serving.api_types.decode_request` when already made)."""
     try:
-        decoded = T.decode_columns(body, now=now)
+        if request is None:
+            request = T.decode_request(body)
+        decoded = None if request is None else T.request_columns(request, now=now)
     except T.RequestError as e:
         return _error(422, "invalid request", e.errors)
     if decoded is not None:
@@ -536,8 +555,22 @@ def _service() -> LeadScoringService:
     return _current_service()
 
 
-api = Starlette(routes=[
-    Route("/score", ScoreEndpoint(), methods=["POST"]),
+class _Api(Starlette):
+    """Our routes, with ``POST /score`` handed straight to its endpoint: BentoML's middlewares
+    already wrap this app, and this app's own (error pages, exception handlers) and router
+    would cost the busiest path a few percent of its CPU for nothing it uses."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path, root = scope["path"], scope.get("root_path", "")
+            if path == "/score" or (root and path == root + "/score"):
+                return await _SCORE(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+_SCORE = ScoreEndpoint()
+api = _Api(routes=[
+    Route("/score", _SCORE, methods=["POST"]),
     Route("/model", model, methods=["GET"]),
     Route("/reload", reload, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
@@ -627,6 +660,10 @@ class LeadScoringService:
         # a short GIL switch interval hands their result back quickly (tail latency)
         sys.setswitchinterval(_env_float("LEADSCORE_SWITCH_INTERVAL", 0.001))
         self._trees = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadscore-trees")
+        #: small event requests received in one pass of the event loop, scored together
+        self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
+            self.score_batch, weight=lambda item: len(item.request.leads),
+            max_weight=_BATCH_MAX_LEADS)
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()
 
     # -- readiness and loading ---------------------------------------------------------------
@@ -797,48 +834,27 @@ class LeadScoringService:
     def score_columns(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
                       ) -> bytes | Response:
         """Score a request's columns with ``state``; the JSON answer (or a 4xx)."""
+        scores = self.scores_of(cols, mode, now, state)
+        if isinstance(scores, Response):
+            return scores
+        return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
+
+    def scores_of(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
+                  ) -> list[dict[str, Any]] | Response:
+        """The scores of the leads of ``cols`` (a 4xx when they cannot be featurised or
+        scored): the model's, else (no model, or it failed) the rules'."""
         features = self.featurise(cols, state)
         if isinstance(features, Response):
             return features
+        scored_at = _iso(now)
         scores = None
         if state.fast is not None:
             try:
-                scores = state.fast.score_columns(features, cols.contact_ids, scored_at=_iso(now),
+                scores = state.fast.score_columns(features, cols.contact_ids, scored_at=scored_at,
                                                   reasons=_REASONS[mode])
             except Exception as e:
                 log.error("model scoring failed (%s); the rule scorer answers", type(e).__name__)
-        return self.answer(state, cols, features, now, mode, scores)
-
-    async def score_one(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
-                        ) -> bytes | Response:
-        """One lead: Python work and the prediction on the event loop; the reasons' trees (C,
-        GIL released) in a thread when they are slow (:func:`_explaining_is_slow`), so the
-        loop serves the next request meanwhile."""
-        features = self.featurise(cols, state)
-        if isinstance(features, Response):
-            return features
-        fast, scores = state.fast, None
-        if fast is not None:
-            try:
-                row = fast.encoder.row(features)
-                raw, contributions = fast.predict_one(row), None
-                if fast.explains(raw, _REASONS[mode]):
-                    if state.offload_reasons:
-                        contributions = await asyncio.get_running_loop().run_in_executor(
-                            self._trees, fast.contributions_one, row)
-                    else:
-                        contributions = fast.contributions_one(row)
-                scores = [fast.finish_one(features, cols.contact_ids[0], _iso(now), raw,
-                                          contributions)]
-            except Exception as e:
-                log.error("model scoring failed (%s); the rule scorer answers", type(e).__name__)
-        return self.answer(state, cols, features, now, mode, scores)
-
-    def answer(self, state: ScorerState, cols: T.LeadColumns, features: dict[str, np.ndarray],
-               now: dt.datetime, mode: str, scores: list[dict[str, Any]] | None) -> bytes | Response:
-        """The JSON answer; the model's scores, else (no model, or it failed) the rules'."""
-        scored_at = _iso(now)
-        if scores is None and state.fast is None and state.version is not None:
+        elif state.version is not None:
             try:  # a model without fast path: its DataFrame API
                 scores = _score_frame(state.scorer, features, cols, scored_at, mode)
             except Exception as e:
@@ -851,7 +867,55 @@ class LeadScoringService:
                 return _error(422, "the leads could not be scored",
                               [{"field": "leads", "message": type(e).__name__, "type": "scoring"}])
         _mark_not_eligible(scores, features["stage"])
-        return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
+        return scores
+
+    async def score_batch(self, items: list[_Pending]) -> list[bytes | Response]:
+        """The answers of small requests received together (:attr:`batcher`), in order.
+
+        Requests under the same scorer with the same ``as_of`` (``now`` for all that omit
+        it) and reasons mode are featurised and scored as one set of leads; each gets its own
+        leads' scores back. A set that fails as a whole (one request's timestamps need
+        pydantic, a lead created after ``as_of``, an input the features cannot take) is
+        answered request by request, so each gets its own answer or error.
+        """
+        now = _now()
+        groups: dict[tuple[int, str | None, str], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault((id(item.state), item.request.as_of, item.request.reasons), []).append(i)
+        answers: list[bytes | Response] = [b""] * len(items)
+        for members in groups.values():
+            group = [items[i] for i in members]
+            for i, answer in zip(members, await self._score_group(group, now)):
+                answers[i] = answer
+        return answers
+
+    async def _score_group(self, group: list[_Pending], now: dt.datetime) -> list[bytes | Response]:
+        state, mode = group[0].state, group[0].request.reasons
+        cols = T.merged_columns([item.request for item in group], now=now)
+        scores: list[dict[str, Any]] | Response | None = None
+        if cols is not None:
+            if state.offload_reasons and mode != "none":  # slow trees: off the event loop
+                scores = await asyncio.get_running_loop().run_in_executor(
+                    self._trees, self.scores_of, cols, mode, now, state)
+            else:
+                scores = self.scores_of(cols, mode, now, state)
+        if scores is None or (isinstance(scores, Response) and len(group) > 1):
+            return [self.score_alone(item, now) for item in group]  # each its own answer
+        if isinstance(scores, Response):
+            return [scores]
+        as_of, start, out = _iso(cols.as_of), 0, []
+        for item in group:
+            end = start + len(item.request.leads)
+            out.append(_dumps({"scores": scores[start:end], "as_of": as_of}))
+            start = end
+        return out
+
+    def score_alone(self, item: _Pending, now: dt.datetime) -> bytes | Response:
+        """The answer to one small request on its own (its 4xx names its own fields)."""
+        decoded = _decode(item.body, now, item.request)
+        if isinstance(decoded, Response):
+            return decoded
+        return self.score_columns(*decoded, now, item.state)
 
     def score_rows(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
         """Score validated CRM table rows (a table model's request) with

@@ -498,6 +498,108 @@ def test_a_failing_prediction_is_answered_by_the_rules(trained, store, monkeypat
     assert svc._ready.wait(120)  # let its start-up load finish before other tests use MLflow
 
 
+def _without_times(answer: bytes | object) -> object:
+    """An answer's JSON without ``scored_at`` (the moment it was scored), or the status and
+    body of a 4xx."""
+    if not isinstance(answer, bytes):
+        return answer.status_code, json.loads(answer.body)
+    out = json.loads(answer)
+    for s in out["scores"]:
+        s.pop("scored_at")
+    return out
+
+
+def test_requests_received_together_answer_as_each_alone(trained, store, monkeypatch):
+    """Small requests received in one pass of the event loop are scored together
+    (``LeadScoringService.score_batch``): each gets the answer it gets alone, whatever the
+    mix: as_of given, another as_of, as_of omitted, each reasons mode, several leads, a lead
+    created after as_of (its own 422 naming its field), a timestamp with an offset (the
+    pydantic path), a lead the batch would not score; and the batcher did put them in one
+    call."""
+    import asyncio
+
+    from serving.service import LeadScoringService, ScorerState, _Pending, _now, _rules_of
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    state = ScorerState(trained.model, None, "now")
+    state.rules = _rules_of(trained.model, None)
+    base = trained.base
+    ids = sample_ids(base, 8, seed=21)
+    leads = [lead_record(base, i) for i in ids]
+    until = base.until.isoformat()
+    earlier = (base.until - pd.Timedelta(days=40)).isoformat()
+    late = {"contact": {"contact_id": "late", "created_at": (base.until + pd.Timedelta(days=1)).isoformat()}}
+    offset = json.loads(json.dumps(leads[2]))
+    for e in offset["events"]:
+        e["ts"] = pd.Timestamp(e["ts"]).tz_localize("UTC").tz_convert("Europe/Paris").isoformat()
+    converted = {"contact": {"contact_id": "won", "created_at": "2020-01-01"},
+                 "stages": [{"ts": "2020-02-01", "stage": "opportunity"}]}
+    bodies = [body_of([leads[0]], as_of=until), body_of([leads[1]], as_of=until, reasons="top"),
+              body_of([leads[2]], as_of=until, reasons="none"), body_of([leads[3]], as_of=until),
+              body_of(leads[4:7], as_of=until), body_of([leads[7]], as_of=earlier),
+              body_of([leads[0], late], as_of=until), body_of([offset], as_of=until),
+              body_of([converted], as_of=until), body_of([leads[5]]), body_of([leads[6]], as_of=until)]
+    items = []
+    for b in bodies:
+        raw = json.dumps(b).encode()
+        items.append(_Pending(raw, T.decode_request(raw), state))
+    assert all(item.request is not None for item in items)
+
+    now = _now()
+    alone = [_without_times(svc.score_alone(item, now)) for item in items]
+    sizes = []
+    handle = svc.score_batch
+
+    async def recorded(batch):
+        sizes.append(len(batch))
+        return await handle(batch)
+
+    async def together():
+        svc.batcher._handle = recorded
+        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
+
+    batched = [_without_times(a) for a in asyncio.run(together())]
+    assert sizes == [len(items)]  # one call: the lead cap (64) is not reached
+    for i, (got, want) in enumerate(zip(batched, alone)):
+        if i == 9:  # as_of omitted: now, a moment later in the batch
+            assert got["as_of"] >= want["as_of"]
+            got["as_of"] = want["as_of"]
+        assert got == want, i
+    assert batched[6][0] == 422 and batched[6][1]["detail"][0]["field"] == "leads.1.contact.created_at"
+    assert batched[0]["scores"][0]["reasons"] and batched[2]["scores"][0]["reasons"] == []
+    assert batched[7] == batched[2] | {"scores": [dict(batched[2]["scores"][0],
+                                                       reasons=batched[7]["scores"][0]["reasons"])]}
+    assert batched[8]["scores"][0]["not_eligible"] == "converted"
+    assert [s["contact_id"] for s in batched[4]["scores"]] == ids[4:7]
+    assert batched[5]["as_of"] != batched[0]["as_of"]
+    assert svc._ready.wait(120)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_answer_as_sequential_ones(server, trained):
+    """The real server under concurrent single-lead requests (scored together when they
+    arrive together) answers each as it answers it alone."""
+    import asyncio
+
+    base = trained.base
+    ids = sample_ids(base, 24, seed=13)
+    bodies = [body_of([lead_record(base, i)], as_of=base.until.isoformat(),
+                      reasons=("all", "top", "none")[k % 3]) for k, i in enumerate(ids)]
+    with server.client() as c:
+        alone = [c.post("/score", json=b) for b in bodies]
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=60) as c:
+            return await asyncio.gather(*(c.post("/score", json=b) for b in bodies * 3))
+
+    answers = asyncio.run(together())
+    assert all(r.status_code == 200 for r in alone + answers)
+    want = [_without_times(r.content) for r in alone] * 3
+    assert [_without_times(r.content) for r in answers] == want
+
+
 def test_the_alias_back_on_the_serving_version_clears_champion_not_loaded(monkeypatch):
     """Version 2 failed to load while version 1 answers (``champion_not_loaded``); the alias
     moved back to version 1: GET /model no longer names version 2, and the poll would load

@@ -1,0 +1,105 @@
+"""LoopBatcher: what is submitted in one pass of the event loop is handled in one call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.microbatch import LoopBatcher
+
+
+class Recorder:
+    """A handler that doubles its items and remembers the calls it got."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.calls: list[list[int]] = []
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list[int]) -> list[int]:
+        self.calls.append(list(items))
+        if self.fail_on in items:
+            raise ValueError("injected")
+        return [2 * i for i in items]
+
+
+def test_items_submitted_together_are_one_call_with_results_in_order():
+    handler = Recorder()
+
+    async def main() -> list[int]:
+        batcher = LoopBatcher(handler)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert handler.calls == [[0, 1, 2, 3, 4]]
+
+
+def test_an_item_alone_is_handled_at_once_and_later_items_make_new_calls():
+    handler = Recorder()
+
+    async def main() -> list[int]:
+        batcher = LoopBatcher(handler)
+        first = await batcher.submit(1)
+        second = await asyncio.gather(batcher.submit(2), batcher.submit(3))
+        return [first, *second]
+
+    assert asyncio.run(main()) == [2, 4, 6]
+    assert handler.calls == [[1], [2, 3]]
+
+
+def test_calls_are_cut_at_the_maximum_weight_in_order():
+    handler = Recorder()
+
+    async def main() -> list[int]:
+        batcher = LoopBatcher(handler, weight=lambda i: i, max_weight=5)
+        return await asyncio.gather(*(batcher.submit(i) for i in (2, 3, 4, 9, 1)))
+
+    assert asyncio.run(main()) == [4, 6, 8, 18, 2]
+    # 2+3 fit, 4 starts a call, 9 alone exceeds the maximum but still gets its own call
+    assert handler.calls == [[2, 3], [4], [9], [1]]
+
+
+def test_an_error_reaches_the_submitters_of_its_call_only():
+    handler = Recorder(fail_on=4)
+
+    async def main() -> list[object]:
+        batcher = LoopBatcher(handler, weight=lambda i: 1, max_weight=2)
+        return await asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3, 4)),
+                                    return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert out[:2] == [2, 4]
+    assert all(isinstance(e, ValueError) for e in out[2:])
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_mismatch():
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async def main() -> None:
+        batcher = LoopBatcher(short)
+        await asyncio.gather(batcher.submit(1), batcher.submit(2))
+
+    with pytest.raises(RuntimeError, match="2 items"):
+        asyncio.run(main())
+
+
+def test_a_submitter_that_gave_up_does_not_disturb_the_others():
+    started = []
+
+    async def slow(items: list[int]) -> list[int]:
+        started.append(list(items))
+        await asyncio.sleep(0.05)
+        return items
+
+    async def main() -> list[object]:
+        batcher = LoopBatcher(slow)
+        gone = asyncio.ensure_future(batcher.submit(1))
+        kept = asyncio.ensure_future(batcher.submit(2))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        return await asyncio.gather(gone, kept, return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert started == [[1, 2]]
+    assert isinstance(out[0], asyncio.CancelledError) and out[1] == 2
