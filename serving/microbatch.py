@@ -11,6 +11,7 @@ server answers as fast as without batching, and a loaded one batches more.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -41,7 +42,7 @@ class LoopBatcher(Generic[I, R]):
         self._weight = weight
         self._max_weight = max_weight
         self._pending: list[tuple[I, asyncio.Future[R]]] = []
-        self._scheduled = False
+        self._next: asyncio.Task[None] | None = None  # the flush that will take new items
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: I) -> R:
@@ -49,36 +50,49 @@ class LoopBatcher(Generic[I, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if not self._scheduled:
-            self._scheduled = True
-            task = loop.create_task(self._flush())  # first step at the next pass of the loop
+        if self._next is None:
+            # first step at the next pass of the loop; in a context of its own, not the first
+            # submitter's (a request's trace ids are not the batch's)
+            task = loop.create_task(self._flush(), context=contextvars.Context())
+            self._next = task
             self._flushing.add(task)  # the loop keeps weak references to tasks only
-            task.add_done_callback(self._flushing.discard)
+            task.add_done_callback(self._done)
         return await future
 
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        if task is self._next:  # cancelled before it took its items (the loop is closing)
+            self._next = None
+            pending, self._pending = self._pending, []
+            for _, future in pending:
+                future.cancel()
+
     async def _flush(self) -> None:
-        pending, self._pending, self._scheduled = self._pending, [], False
-        for i, batch in enumerate(self._batches(pending)):
-            if i:
-                await asyncio.sleep(0)  # let the loop read and answer between calls
-            items = [item for item, _ in batch]
-            try:
-                results = await self._handle(items)
-                if len(results) != len(items):
-                    raise RuntimeError(f"batch handler gave {len(results)} results for "
-                                       f"{len(items)} items")
-            except asyncio.CancelledError:  # the loop is shutting down
-                for _, future in pending:
-                    future.cancel()
-                raise
-            except Exception as e:  # handed to the submitters of this call
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            for (_, future), result in zip(batch, results):
-                if not future.done():  # a submitter that gave up (cancelled) has no reader
-                    future.set_result(result)
+        pending, self._pending, self._next = self._pending, [], None
+        try:
+            for i, batch in enumerate(self._batches(pending)):
+                if i:
+                    await asyncio.sleep(0)  # let the loop read and answer between calls
+                items = [item for item, _ in batch]
+                try:
+                    results = await self._handle(items)
+                    if len(results) != len(items):
+                        raise RuntimeError(f"batch handler gave {len(results)} results for "
+                                           f"{len(items)} items")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # handed to the submitters of this call
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    continue
+                for (_, future), result in zip(batch, results):
+                    if not future.done():  # a submitter that gave up (cancelled) has no reader
+                        future.set_result(result)
+        except asyncio.CancelledError:  # the loop is shutting down: nobody is left waiting
+            for _, future in pending:
+                future.cancel()
+            raise
 
     def _batches(self, pending: list[tuple[I, asyncio.Future[R]]]
                  ) -> list[list[tuple[I, asyncio.Future[R]]]]:

@@ -37,15 +37,18 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
 * The API is a small Starlette app mounted with ``@bentoml.asgi_app``: BentoML's typed
   ``@bentoml.api`` IO layer rebuilds pydantic schemas per request, and FastAPI's request
   handling and BentoML's tracing (which these paths skip) cost more than the scoring of a
-  lead. ``/score`` is a plain ASGI endpoint (:class:`ScoreEndpoint`): the body straight from
+  lead. ``/score`` is a plain ASGI endpoint (:class:`ScoreEndpoint`), reached without the
+  mounted app's own middlewares and router (:class:`_Api`): the body straight from
   ``receive``, the answer straight to ``send``. BentoML still wraps the mounted app in its
   OpenTelemetry (URL check only), timeout (a task and a timer per request) and context
-  middlewares: about 0.1 ms per request together, not switchable by configuration.
+  middlewares: about 0.1 ms per request together, not switchable by configuration (the
+  timeout must be > 0).
 * uvicorn, inside BentoML's worker, uses ``httptools`` and ``uvloop`` when they are installed
   (``bentofile.yaml`` lists them): about half the HTTP handling cost of ``h11`` + asyncio.
-* An event request is decoded from raw bytes straight into column arrays by msgspec
-  (:func:`serving.api_types.decode_columns`: typed structs, timestamps checked a column at a
-  time); a body it does not take is validated by pydantic
+* An event request is decoded from raw bytes by msgspec into typed structs
+  (:func:`serving.api_types.decode_request`), then into column arrays, timestamps checked a
+  column at a time (:func:`serving.api_types.request_columns`, or
+  :func:`serving.api_types.merged_columns` for several requests); a body it does not take is validated by pydantic
   (:data:`serving.api_types.SCORE_REQUEST`, which names the fields of a 4xx) and turned into
   columns by :func:`serving.api_types.to_columns`: the same requests are accepted either way.
   The columns are featurised by the batch kernels (:func:`features.build.lead_feature_columns`)
@@ -54,10 +57,17 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   rows are validated
   (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
   (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
-* One lead is scored on the event loop; its reasons (LightGBM ``pred_contrib``) run in a
-  worker thread with the GIL released when they are slow (timed when the model loads), so
-  the loop serves the next request meanwhile. Requests of more than 20 leads or rows are
-  scored in a thread; smaller ones inline.
+* Event requests of up to 20 leads are scored near the event loop, and those received in
+  one pass of the loop are scored together (:class:`serving.microbatch.LoopBatcher`,
+  :meth:`LeadScoringService.score_batch`): one featurisation and one scoring call for their
+  leads, grouped by ``as_of`` and reasons mode, each request answered with its own leads'
+  scores. A group that fails as a whole (a late lead, a timestamp left to pydantic, a
+  model that raises) is answered request by request, so each gets the answer it gets
+  alone. A lone request waits for nothing. When the model's reasons (LightGBM
+  ``pred_contrib``) are slow (timed when the model loads), the scoring of a small request
+  runs in one worker thread, where the trees release the GIL and the loop serves other
+  requests meanwhile; otherwise on the loop. Requests of more than 20 leads or rows are
+  scored in a thread; smaller table requests inline.
 * A body above 4 MB (:data:`serving.api_types.LARGE_BODY_BYTES`) is decoded in a worker
   thread one lead or row per decoder call (:func:`serving.api_types.decode_large`): msgspec
   and pydantic hold the GIL for a whole call, so a thread alone would still stall the loop
@@ -99,7 +109,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +134,9 @@ _JSON = "application/json"
 _RELOAD_DEFAULT_SECONDS = 30.0
 _INITIAL_LOAD_WAIT_SECONDS = 60.0
 _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the event loop
-_BATCH_MAX_LEADS = 64  # smaller ones received together are scored together, up to this many leads
+#: Smaller ones received together are scored together, up to this many bytes of bodies per
+#: call (about 45 leads of 50 events; a body alone may exceed it): the loop stalls ~10 ms at most.
+_BATCH_MAX_BYTES = 256 * 1024
 #: A champion version that failed to load is retried by the poll after the poll interval,
 #: then twice as long at each failure, at most this many seconds apart.
 _RETRY_MAX_SECONDS = 600.0
@@ -256,8 +268,9 @@ def _table_fast_scorer(model: Any) -> Any:
         return None
 
 
-#: A single lead's reasons go to a worker thread when they cost more than this (seconds of
-#: C code that releases the GIL); cheaper ones are computed inline, sparing the thread hop.
+#: Small requests are scored in the reasons' worker thread when one lead's reasons cost more
+#: than this (seconds of C code that releases the GIL); with cheaper ones they are scored on
+#: the event loop, sparing the thread hop.
 _OFFLOAD_SECONDS = 150e-6
 
 
@@ -464,8 +477,8 @@ class ScoreEndpoint:
         if isinstance(decoded, Response):
             return decoded
         cols, mode = decoded
-        if len(cols.contact_ids) <= _INLINE_MAX_LEADS and not large:
-            return svc.score_columns(cols, mode, now, state)
+        if len(cols.contact_ids) <= _INLINE_MAX_LEADS and not large:  # a body left to pydantic
+            return _answer(await svc.scores_near_loop(cols, mode, now, state), cols)
         return await asyncio.to_thread(svc.score_columns, cols, mode, now, state)
 
 
@@ -656,14 +669,14 @@ class LeadScoringService:
         self._reload_lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
-        # the trees of single-lead requests: LightGBM releases the GIL, the event loop goes on;
-        # a short GIL switch interval hands their result back quickly (tail latency)
+        # small requests of a model whose reasons are slow: LightGBM releases the GIL in its
+        # trees, the event loop goes on; a short GIL switch interval hands the result back
+        # quickly (tail latency)
         sys.setswitchinterval(_env_float("LEADSCORE_SWITCH_INTERVAL", 0.001))
         self._trees = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadscore-trees")
         #: small event requests received in one pass of the event loop, scored together
         self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
-            self.score_batch, weight=lambda item: len(item.request.leads),
-            max_weight=_BATCH_MAX_LEADS)
+            self.score_batch, weight=lambda item: len(item.body), max_weight=_BATCH_MAX_BYTES)
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()
 
     # -- readiness and loading ---------------------------------------------------------------
@@ -834,15 +847,13 @@ class LeadScoringService:
     def score_columns(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
                       ) -> bytes | Response:
         """Score a request's columns with ``state``; the JSON answer (or a 4xx)."""
-        scores = self.scores_of(cols, mode, now, state)
-        if isinstance(scores, Response):
-            return scores
-        return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
+        return _answer(self.scores_of(cols, mode, now, state), cols)
 
-    def scores_of(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState
-                  ) -> list[dict[str, Any]] | Response:
+    def scores_of(self, cols: T.LeadColumns, mode: str, now: dt.datetime, state: ScorerState, *,
+                  rules_on_failure: bool = True) -> list[dict[str, Any]] | Response | None:
         """The scores of the leads of ``cols`` (a 4xx when they cannot be featurised or
-        scored): the model's, else (no model, or it failed) the rules'."""
+        scored): the model's, else (no model, or it failed) the rules'. With
+        ``rules_on_failure`` False, a model that fails gives None instead of the rules'."""
         features = self.featurise(cols, state)
         if isinstance(features, Response):
             return features
@@ -860,6 +871,8 @@ class LeadScoringService:
             except Exception as e:
                 log.error("model scoring failed (%s); the rule scorer answers", type(e).__name__)
         if scores is None:
+            if not rules_on_failure and state.version is not None:
+                return None
             try:
                 scores = _score_frame(state.rules, features, cols, scored_at, mode)
             except Exception as e:
@@ -869,14 +882,29 @@ class LeadScoringService:
         _mark_not_eligible(scores, features["stage"])
         return scores
 
+    async def scores_near_loop(self, cols: T.LeadColumns, mode: str, now: dt.datetime,
+                               state: ScorerState, *, rules_on_failure: bool = True
+                               ) -> list[dict[str, Any]] | Response | None:
+        """:meth:`scores_of` of a small request: on the event loop, or in the reasons' thread
+        when the model's reasons are slow (:func:`_explaining_is_slow`: LightGBM releases the
+        GIL in its trees, so the loop serves other requests meanwhile)."""
+        if state.fast is not None and state.offload_reasons and mode != "none":
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._trees, partial(self.scores_of, cols, mode, now, state,
+                                         rules_on_failure=rules_on_failure))
+            except RuntimeError:  # the executor is shut down: the service is stopping
+                pass
+        return self.scores_of(cols, mode, now, state, rules_on_failure=rules_on_failure)
+
     async def score_batch(self, items: list[_Pending]) -> list[bytes | Response]:
         """The answers of small requests received together (:attr:`batcher`), in order.
 
         Requests under the same scorer with the same ``as_of`` (``now`` for all that omit
         it) and reasons mode are featurised and scored as one set of leads; each gets its own
         leads' scores back. A set that fails as a whole (one request's timestamps need
-        pydantic, a lead created after ``as_of``, an input the features cannot take) is
-        answered request by request, so each gets its own answer or error.
+        pydantic, a lead created after ``as_of``, an input the features or the model cannot
+        take) is answered request by request, so each gets the answer it gets alone.
         """
         now = _now()
         groups: dict[tuple[int, str | None, str], list[int]] = {}
@@ -885,24 +913,25 @@ class LeadScoringService:
         answers: list[bytes | Response] = [b""] * len(items)
         for members in groups.values():
             group = [items[i] for i in members]
-            for i, answer in zip(members, await self._score_group(group, now)):
+            try:
+                done = await self._score_group(group, now)
+            except Exception as e:  # never seen; each request alone then
+                log.error("scoring a batch failed (%s); its requests are scored one by one",
+                          type(e).__name__)
+                done = [await self.score_alone(item, now) for item in group]
+            for i, answer in zip(members, done):
                 answers[i] = answer
         return answers
 
     async def _score_group(self, group: list[_Pending], now: dt.datetime) -> list[bytes | Response]:
+        if len(group) == 1:
+            return [await self.score_alone(group[0], now)]
         state, mode = group[0].state, group[0].request.reasons
         cols = T.merged_columns([item.request for item in group], now=now)
-        scores: list[dict[str, Any]] | Response | None = None
-        if cols is not None:
-            if state.offload_reasons and mode != "none":  # slow trees: off the event loop
-                scores = await asyncio.get_running_loop().run_in_executor(
-                    self._trees, self.scores_of, cols, mode, now, state)
-            else:
-                scores = self.scores_of(cols, mode, now, state)
-        if scores is None or (isinstance(scores, Response) and len(group) > 1):
-            return [self.score_alone(item, now) for item in group]  # each its own answer
-        if isinstance(scores, Response):
-            return [scores]
+        scores = None if cols is None else await self.scores_near_loop(
+            cols, mode, now, state, rules_on_failure=False)
+        if not isinstance(scores, list):  # one of them is to blame: each its own answer
+            return [await self.score_alone(item, now) for item in group]
         as_of, start, out = _iso(cols.as_of), 0, []
         for item in group:
             end = start + len(item.request.leads)
@@ -910,12 +939,13 @@ class LeadScoringService:
             start = end
         return out
 
-    def score_alone(self, item: _Pending, now: dt.datetime) -> bytes | Response:
+    async def score_alone(self, item: _Pending, now: dt.datetime) -> bytes | Response:
         """The answer to one small request on its own (its 4xx names its own fields)."""
         decoded = _decode(item.body, now, item.request)
         if isinstance(decoded, Response):
             return decoded
-        return self.score_columns(*decoded, now, item.state)
+        cols, mode = decoded
+        return _answer(await self.scores_near_loop(cols, mode, now, item.state), cols)
 
     def score_rows(self, payload: dict[str, Any], state: ScorerState) -> bytes | Response:
         """Score validated CRM table rows (a table model's request) with
@@ -942,6 +972,13 @@ class LeadScoringService:
                 return _error(422, "the rows could not be scored",
                               [{"field": "rows", "message": type(e).__name__, "type": "scoring"}])
         return _dumps({"scores": scores, "as_of": scored_at})
+
+
+def _answer(scores: list[dict[str, Any]] | Response, cols: T.LeadColumns) -> bytes | Response:
+    """The JSON answer of a request's scores (or its 4xx)."""
+    if isinstance(scores, Response):
+        return scores
+    return _dumps({"scores": scores, "as_of": _iso(cols.as_of)})
 
 
 def _loading_state() -> ScorerState:

@@ -139,7 +139,9 @@ class FastScorer:
 
     One lead (the common HTTP request) takes a path of its own: LightGBM's single-row C API
     (``LGBM_BoosterPredictForMatSingleRowFast``: the same predictor without the per-call
-    set-up of ``Booster.predict``) and plain Python for the score scale and the reasons.
+    set-up of ``Booster.predict``) and plain Python for the score scale and the reasons. A
+    few leads (an HTTP batch) are predicted, and explained, through the same call one row
+    at a time; more go through ``Booster.predict``.
 
     Parameters
     ----------

@@ -103,3 +103,39 @@ def test_a_submitter_that_gave_up_does_not_disturb_the_others():
     out = asyncio.run(main())
     assert started == [[1, 2]]
     assert isinstance(out[0], asyncio.CancelledError) and out[1] == 2
+
+
+def test_a_flush_cancelled_before_it_started_leaves_the_batcher_usable():
+    handler = Recorder()
+
+    async def main() -> tuple[object, int]:
+        batcher = LoopBatcher(handler)
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)  # the submit ran and scheduled its flush
+        for task in list(batcher._flushing):
+            task.cancel()
+        gone = await asyncio.gather(waiting, return_exceptions=True)
+        return gone[0], await batcher.submit(5)
+
+    gone, later = asyncio.run(main())
+    assert isinstance(gone, asyncio.CancelledError) and later == 10
+    assert handler.calls == [[5]]
+
+
+def test_the_handler_runs_outside_the_submitters_context():
+    import contextvars
+
+    request_id = contextvars.ContextVar("request_id", default=None)
+    seen = []
+
+    async def handle(items: list[int]) -> list[int]:
+        seen.append(request_id.get())
+        return items
+
+    async def main() -> None:
+        batcher = LoopBatcher(handle)
+        request_id.set("first-request")
+        await batcher.submit(1)
+
+    asyncio.run(main())
+    assert seen == [None]

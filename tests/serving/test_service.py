@@ -446,7 +446,11 @@ def test_online_features_and_fast_scorer_equal_the_batch_path(trained):
     many = fast.score_columns(online, ids, scored_at="t", reasons=True)
     ones = [fast.score_columns({k: np.asarray(v)[k2:k2 + 1] for k, v in online.items()}, [i],
                                scored_at="t", reasons=True)[0] for k2, i in enumerate(ids)]
-    for got in (many, ones):
+    # a few leads (an HTTP batch): predicted row by row up to 4, explained row by row up to 16
+    few = [g for lo, hi in ((0, 2), (2, 6), (6, 22), (22, 40))
+           for g in fast.score_columns({k: np.asarray(v)[lo:hi] for k, v in online.items()},
+                                       ids[lo:hi], scored_at="t", reasons=True)]
+    for got in (many, ones, few):
         assert [g["probability"] for g in got] == want["probability"].tolist()
         assert [g["score"] for g in got] == want["score"].tolist()
         assert [g["band"] for g in got] == want["band"].tolist()
@@ -511,11 +515,12 @@ def _without_times(answer: bytes | object) -> object:
 
 def test_requests_received_together_answer_as_each_alone(trained, store, monkeypatch):
     """Small requests received in one pass of the event loop are scored together
-    (``LeadScoringService.score_batch``): each gets the answer it gets alone, whatever the
-    mix: as_of given, another as_of, as_of omitted, each reasons mode, several leads, a lead
-    created after as_of (its own 422 naming its field), a timestamp with an offset (the
-    pydantic path), a lead the batch would not score; and the batcher did put them in one
-    call."""
+    (``LeadScoringService.score_batch``): each gets the answer it gets alone. Plain requests
+    sharing as_of and reasons mode are merged (one featurisation, one scoring call); other
+    as_of values, an omitted as_of and each reasons mode make groups of their own; a group
+    holding a lead created after as_of and a timestamp with an offset is answered request
+    by request (the late lead's own 422 names its field); and the batcher put them all in
+    one call."""
     import asyncio
 
     from serving.service import LeadScoringService, ScorerState, _Pending, _now, _rules_of
@@ -529,6 +534,7 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
     ids = sample_ids(base, 8, seed=21)
     leads = [lead_record(base, i) for i in ids]
     until = base.until.isoformat()
+    until_z = until + "Z"  # the same instant, another as_of string: a group of its own
     earlier = (base.until - pd.Timedelta(days=40)).isoformat()
     late = {"contact": {"contact_id": "late", "created_at": (base.until + pd.Timedelta(days=1)).isoformat()}}
     offset = json.loads(json.dumps(leads[2]))
@@ -536,11 +542,20 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
         e["ts"] = pd.Timestamp(e["ts"]).tz_localize("UTC").tz_convert("Europe/Paris").isoformat()
     converted = {"contact": {"contact_id": "won", "created_at": "2020-01-01"},
                  "stages": [{"ts": "2020-02-01", "stage": "opportunity"}]}
-    bodies = [body_of([leads[0]], as_of=until), body_of([leads[1]], as_of=until, reasons="top"),
-              body_of([leads[2]], as_of=until, reasons="none"), body_of([leads[3]], as_of=until),
-              body_of(leads[4:7], as_of=until), body_of([leads[7]], as_of=earlier),
-              body_of([leads[0], late], as_of=until), body_of([offset], as_of=until),
-              body_of([converted], as_of=until), body_of([leads[5]]), body_of([leads[6]], as_of=until)]
+    bodies = [
+        # merged: (until, all)
+        body_of([leads[0]], as_of=until), body_of([leads[3]], as_of=until),
+        body_of(leads[4:7], as_of=until), body_of([converted], as_of=until),
+        body_of([leads[7], leads[1]], as_of=until),
+        # merged: (until, top)
+        body_of([leads[1]], as_of=until, reasons="top"), body_of([leads[5]], as_of=until, reasons="top"),
+        # alone: (until, none), (earlier, all), (None, all)
+        body_of([leads[2]], as_of=until, reasons="none"), body_of([leads[7]], as_of=earlier),
+        body_of([leads[5]]),
+        # (until_z, all): a late lead and an offset timestamp, so request by request
+        body_of([leads[0], late], as_of=until_z), body_of([offset], as_of=until_z),
+        body_of([leads[6]], as_of=until_z),
+    ]
     items = []
     for b in bodies:
         raw = json.dumps(b).encode()
@@ -548,32 +563,78 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
     assert all(item.request is not None for item in items)
 
     now = _now()
-    alone = [_without_times(svc.score_alone(item, now)) for item in items]
-    sizes = []
-    handle = svc.score_batch
+    alone = [_without_times(asyncio.run(svc.score_alone(item, now))) for item in items]
+    sizes, merged = [], []
+    handle, merge = svc.score_batch, T.merged_columns
 
     async def recorded(batch):
         sizes.append(len(batch))
         return await handle(batch)
+
+    def spy(requests, *, now):
+        cols = merge(requests, now=now)
+        merged.append((len(requests), cols is not None))
+        return cols
+
+    monkeypatch.setattr(T, "merged_columns", spy)
 
     async def together():
         svc.batcher._handle = recorded
         return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
 
     batched = [_without_times(a) for a in asyncio.run(together())]
-    assert sizes == [len(items)]  # one call: the lead cap (64) is not reached
+    assert sizes == [len(items)]  # one call: the bodies are far below the batch's byte cap
+    assert sorted(merged) == [(2, True), (3, False), (5, True)]
     for i, (got, want) in enumerate(zip(batched, alone)):
         if i == 9:  # as_of omitted: now, a moment later in the batch
             assert got["as_of"] >= want["as_of"]
             got["as_of"] = want["as_of"]
         assert got == want, i
-    assert batched[6][0] == 422 and batched[6][1]["detail"][0]["field"] == "leads.1.contact.created_at"
-    assert batched[0]["scores"][0]["reasons"] and batched[2]["scores"][0]["reasons"] == []
-    assert batched[7] == batched[2] | {"scores": [dict(batched[2]["scores"][0],
-                                                       reasons=batched[7]["scores"][0]["reasons"])]}
-    assert batched[8]["scores"][0]["not_eligible"] == "converted"
-    assert [s["contact_id"] for s in batched[4]["scores"]] == ids[4:7]
-    assert batched[5]["as_of"] != batched[0]["as_of"]
+    assert [s["contact_id"] for s in batched[2]["scores"]] == ids[4:7]
+    assert [s["contact_id"] for s in batched[4]["scores"]] == [ids[7], ids[1]]
+    assert batched[0]["scores"][0]["reasons"] and batched[7]["scores"][0]["reasons"] == []
+    assert batched[3]["scores"][0]["not_eligible"] == "converted"
+    assert batched[8]["as_of"] != batched[0]["as_of"]
+    assert batched[10][0] == 422 and batched[10][1]["detail"][0]["field"] == "leads.1.contact.created_at"
+    assert batched[11] == batched[7] | {"as_of": batched[11]["as_of"], "scores": [
+        dict(batched[7]["scores"][0], reasons=batched[11]["scores"][0]["reasons"])]}
+    assert {s["scorer"] for b in batched if isinstance(b, dict) for s in b["scores"]} == {"model"}
+    assert svc._ready.wait(120)
+
+
+def test_a_model_failing_on_one_request_of_a_batch_fails_only_that_one(trained, store, monkeypatch):
+    """The model raises on one lead: scored together, the others keep the model's scores
+    (each request is then scored alone); the one it fails on gets the rules', as alone."""
+    import asyncio
+
+    from serving.service import LeadScoringService, ScorerState, _Pending, _rules_of
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    state = ScorerState(trained.model, None, "now")
+    state.rules = _rules_of(trained.model, None)
+    ids = sample_ids(trained.base, 4, seed=23)
+    score_columns = state.fast.score_columns
+
+    def fails_on_the_last(features, contact_ids, **kwargs):
+        if ids[-1] in contact_ids:
+            raise FloatingPointError("injected")
+        return score_columns(features, contact_ids, **kwargs)
+
+    monkeypatch.setattr(state.fast, "score_columns", fails_on_the_last)
+    items = []
+    for i in ids:
+        raw = json.dumps(body_of([lead_record(trained.base, i)],
+                                 as_of=trained.base.until.isoformat())).encode()
+        items.append(_Pending(raw, T.decode_request(raw), state))
+
+    async def together():
+        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
+
+    answers = [json.loads(a)["scores"][0] for a in asyncio.run(together())]
+    assert [a["contact_id"] for a in answers] == ids
+    assert [a["scorer"] for a in answers] == ["model", "model", "model", "rules"]
     assert svc._ready.wait(120)
 
 
