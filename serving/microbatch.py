@@ -89,10 +89,10 @@ class LoopBatcher(Generic[I, R]):
                 for (_, future), result in zip(batch, results):
                     if not future.done():  # a submitter that gave up (cancelled) has no reader
                         future.set_result(result)
-        except asyncio.CancelledError:  # the loop is shutting down: nobody is left waiting
+        finally:  # cancelled (the loop is shutting down), or a weight that raised: none hangs
             for _, future in pending:
-                future.cancel()
-            raise
+                if not future.done():
+                    future.cancel()
 
     def _batches(self, pending: list[tuple[I, asyncio.Future[R]]]
                  ) -> list[list[tuple[I, asyncio.Future[R]]]]:

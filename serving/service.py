@@ -134,9 +134,11 @@ _JSON = "application/json"
 _RELOAD_DEFAULT_SECONDS = 30.0
 _INITIAL_LOAD_WAIT_SECONDS = 60.0
 _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the event loop
-#: Smaller ones received together are scored together, up to this many bytes of bodies per
-#: call (about 45 leads of 50 events; a body alone may exceed it): the loop stalls ~10 ms at most.
-_BATCH_MAX_BYTES = 256 * 1024
+#: Smaller ones received together are scored together, up to this weight per call: a request
+#: weighs its body's bytes plus _BATCH_LEAD_BYTES per lead, so a call takes at most 64 leads
+#: (about 26 leads of 50 events; a request alone may weigh more).
+_BATCH_MAX_WEIGHT = 256 * 1024
+_BATCH_LEAD_BYTES = 4096
 #: A champion version that failed to load is retried by the poll after the poll interval,
 #: then twice as long at each failure, at most this many seconds apart.
 _RETRY_MAX_SECONDS = 600.0
@@ -676,7 +678,8 @@ class LeadScoringService:
         self._trees = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadscore-trees")
         #: small event requests received in one pass of the event loop, scored together
         self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
-            self.score_batch, weight=lambda item: len(item.body), max_weight=_BATCH_MAX_BYTES)
+            self.score_batch, max_weight=_BATCH_MAX_WEIGHT,
+            weight=lambda item: len(item.body) + _BATCH_LEAD_BYTES * len(item.request.leads))
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()
 
     # -- readiness and loading ---------------------------------------------------------------
@@ -890,11 +893,13 @@ class LeadScoringService:
         GIL in its trees, so the loop serves other requests meanwhile)."""
         if state.fast is not None and state.offload_reasons and mode != "none":
             try:
-                return await asyncio.get_running_loop().run_in_executor(
+                scored = asyncio.get_running_loop().run_in_executor(
                     self._trees, partial(self.scores_of, cols, mode, now, state,
                                          rules_on_failure=rules_on_failure))
             except RuntimeError:  # the executor is shut down: the service is stopping
-                pass
+                scored = None
+            if scored is not None:
+                return await scored
         return self.scores_of(cols, mode, now, state, rules_on_failure=rules_on_failure)
 
     async def score_batch(self, items: list[_Pending]) -> list[bytes | Response]:
@@ -918,7 +923,7 @@ class LeadScoringService:
             except Exception as e:  # never seen; each request alone then
                 log.error("scoring a batch failed (%s); its requests are scored one by one",
                           type(e).__name__)
-                done = [await self.score_alone(item, now) for item in group]
+                done = [await self._alone_guarded(item, now) for item in group]
             for i, answer in zip(members, done):
                 answers[i] = answer
         return answers
@@ -931,13 +936,23 @@ class LeadScoringService:
         scores = None if cols is None else await self.scores_near_loop(
             cols, mode, now, state, rules_on_failure=False)
         if not isinstance(scores, list):  # one of them is to blame: each its own answer
-            return [await self.score_alone(item, now) for item in group]
+            return [await self._alone_guarded(item, now) for item in group]
         as_of, start, out = _iso(cols.as_of), 0, []
         for item in group:
             end = start + len(item.request.leads)
             out.append(_dumps({"scores": scores[start:end], "as_of": as_of}))
             start = end
         return out
+
+    async def _alone_guarded(self, item: _Pending, now: dt.datetime) -> bytes | Response:
+        """:meth:`score_alone`, an unexpected failure a 500 for this request only (not for the
+        others scored with it)."""
+        try:
+            return await self.score_alone(item, now)
+        except Exception as e:
+            log.error("scoring a request failed (%s)", type(e).__name__)
+            return _error(500, "the request could not be scored",
+                          [{"field": "leads", "message": type(e).__name__, "type": "internal"}])
 
     async def score_alone(self, item: _Pending, now: dt.datetime) -> bytes | Response:
         """The answer to one small request on its own (its 4xx names its own fields)."""

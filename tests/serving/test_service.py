@@ -629,12 +629,57 @@ def test_a_model_failing_on_one_request_of_a_batch_fails_only_that_one(trained, 
                                  as_of=trained.base.until.isoformat())).encode()
         items.append(_Pending(raw, T.decode_request(raw), state))
 
+    merged = []
+    merge = T.merged_columns
+
+    def spy(requests, *, now):
+        cols = merge(requests, now=now)
+        merged.append((len(requests), cols is not None))
+        return cols
+
+    monkeypatch.setattr(T, "merged_columns", spy)
+
     async def together():
         return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
 
     answers = [json.loads(a)["scores"][0] for a in asyncio.run(together())]
+    assert merged == [(4, True)]  # scored together first, then each alone
     assert [a["contact_id"] for a in answers] == ids
     assert [a["scorer"] for a in answers] == ["model", "model", "model", "rules"]
+    assert svc._ready.wait(120)
+
+
+def test_a_batch_call_takes_at_most_64_leads(trained, store, monkeypatch):
+    """Tiny requests (a contact each) arriving together are cut into calls of at most 64
+    leads, whatever their bytes: the event loop is never held by a thousand leads."""
+    import asyncio
+
+    from serving.service import LeadScoringService, ScorerState, _Pending, _rules_of
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    state = ScorerState(trained.model, None, "now")
+    state.rules = _rules_of(trained.model, None)
+    items = []
+    for k in range(150):
+        raw = json.dumps(body_of([{"contact": {"contact_id": f"c{k}"}}], reasons="none")).encode()
+        items.append(_Pending(raw, T.decode_request(raw), state))
+    sizes = []
+    handle = svc.score_batch
+
+    async def recorded(batch):
+        sizes.append(len(batch))
+        return await handle(batch)
+
+    async def together():
+        svc.batcher._handle = recorded
+        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
+
+    answers = [json.loads(a)["scores"][0]["contact_id"] for a in asyncio.run(together())]
+    assert answers == [f"c{k}" for k in range(150)]
+    # 4,096 bytes a lead plus its body's ~80: 62 of them fit in 256 KB
+    assert sum(sizes) == 150 and max(sizes) <= 64 and sizes[0] >= 60 and len(sizes) == 3
     assert svc._ready.wait(120)
 
 
