@@ -477,15 +477,9 @@ def test_online_features_and_fast_scorer_equal_the_batch_path(trained):
 @pytest.mark.slow
 def test_a_failing_prediction_is_answered_by_the_rules(trained, store, monkeypatch):
     """Fault injection: the model's fast path raises -> 200 with scorer "rules", logged by kind."""
-    from serving.service import LeadScoringService, ScorerState
+    from serving.service import _decode, _now
 
-    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
-    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
-    svc = LeadScoringService.inner()
-    state = ScorerState(trained.model, None, "now")
-    from serving.service import _decode, _now, _rules_of
-
-    state.rules = _rules_of(trained.model, None)
+    svc, state = _service_of(trained, store, monkeypatch)
 
     def boom(*args, **kwargs):
         raise FloatingPointError("injected")
@@ -513,6 +507,60 @@ def _without_times(answer: bytes | object) -> object:
     return out
 
 
+def _service_of(trained, store, monkeypatch):
+    """The service class's instance (no server) and a state answering with the trained model."""
+    from serving.service import LeadScoringService, ScorerState, _rules_of
+
+    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
+    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
+    svc = LeadScoringService.inner()
+    state = ScorerState(trained.model, None, "now")
+    state.rules = _rules_of(trained.model, None)
+    return svc, state
+
+
+def _pending(bodies: list[dict], state) -> list:
+    from serving.service import _Pending
+
+    items = []
+    for b in bodies:
+        raw = json.dumps(b).encode()
+        items.append(_Pending(raw, T.decode_request(raw), state))
+    assert all(item.request is not None for item in items)
+    return items
+
+
+def _spy_merges(monkeypatch) -> list[tuple[int, bool]]:
+    """(requests, merged or not) of each ``merged_columns`` call from now on."""
+    merged, merge = [], T.merged_columns
+
+    def spy(requests, *, now):
+        cols = merge(requests, now=now)
+        merged.append((len(requests), cols is not None))
+        return cols
+
+    monkeypatch.setattr(T, "merged_columns", spy)
+    return merged
+
+
+def _submit_together(svc, items) -> tuple[list, list[int]]:
+    """The answers to ``items`` submitted to the batcher in one pass of the loop, and the
+    number of items of each call of its handler."""
+    import asyncio
+
+    sizes, handle = [], svc.score_batch
+
+    async def recorded(batch):
+        sizes.append(len(batch))
+        return await handle(batch)
+
+    async def together():
+        svc.batcher._handle = recorded
+        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
+
+    return asyncio.run(together()), sizes
+
+
 def test_requests_received_together_answer_as_each_alone(trained, store, monkeypatch):
     """Small requests received in one pass of the event loop are scored together
     (``LeadScoringService.score_batch``): each gets the answer it gets alone. Plain requests
@@ -523,13 +571,9 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
     one call."""
     import asyncio
 
-    from serving.service import LeadScoringService, ScorerState, _Pending, _now, _rules_of
+    from serving.service import _now
 
-    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
-    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
-    svc = LeadScoringService.inner()
-    state = ScorerState(trained.model, None, "now")
-    state.rules = _rules_of(trained.model, None)
+    svc, state = _service_of(trained, store, monkeypatch)
     base = trained.base
     ids = sample_ids(base, 8, seed=21)
     leads = [lead_record(base, i) for i in ids]
@@ -556,33 +600,12 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
         body_of([leads[0], late], as_of=until_z), body_of([offset], as_of=until_z),
         body_of([leads[6]], as_of=until_z),
     ]
-    items = []
-    for b in bodies:
-        raw = json.dumps(b).encode()
-        items.append(_Pending(raw, T.decode_request(raw), state))
-    assert all(item.request is not None for item in items)
-
+    items = _pending(bodies, state)
     now = _now()
     alone = [_without_times(asyncio.run(svc.score_alone(item, now))) for item in items]
-    sizes, merged = [], []
-    handle, merge = svc.score_batch, T.merged_columns
-
-    async def recorded(batch):
-        sizes.append(len(batch))
-        return await handle(batch)
-
-    def spy(requests, *, now):
-        cols = merge(requests, now=now)
-        merged.append((len(requests), cols is not None))
-        return cols
-
-    monkeypatch.setattr(T, "merged_columns", spy)
-
-    async def together():
-        svc.batcher._handle = recorded
-        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
-
-    batched = [_without_times(a) for a in asyncio.run(together())]
+    merged = _spy_merges(monkeypatch)
+    answers, sizes = _submit_together(svc, items)
+    batched = [_without_times(a) for a in answers]
     assert sizes == [len(items)]  # one call: the bodies are far below the batch's byte cap
     assert sorted(merged) == [(2, True), (3, False), (5, True)]
     for i, (got, want) in enumerate(zip(batched, alone)):
@@ -605,15 +628,7 @@ def test_requests_received_together_answer_as_each_alone(trained, store, monkeyp
 def test_a_model_failing_on_one_request_of_a_batch_fails_only_that_one(trained, store, monkeypatch):
     """The model raises on one lead: scored together, the others keep the model's scores
     (each request is then scored alone); the one it fails on gets the rules', as alone."""
-    import asyncio
-
-    from serving.service import LeadScoringService, ScorerState, _Pending, _rules_of
-
-    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
-    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
-    svc = LeadScoringService.inner()
-    state = ScorerState(trained.model, None, "now")
-    state.rules = _rules_of(trained.model, None)
+    svc, state = _service_of(trained, store, monkeypatch)
     ids = sample_ids(trained.base, 4, seed=23)
     score_columns = state.fast.score_columns
 
@@ -623,26 +638,10 @@ def test_a_model_failing_on_one_request_of_a_batch_fails_only_that_one(trained, 
         return score_columns(features, contact_ids, **kwargs)
 
     monkeypatch.setattr(state.fast, "score_columns", fails_on_the_last)
-    items = []
-    for i in ids:
-        raw = json.dumps(body_of([lead_record(trained.base, i)],
-                                 as_of=trained.base.until.isoformat())).encode()
-        items.append(_Pending(raw, T.decode_request(raw), state))
-
-    merged = []
-    merge = T.merged_columns
-
-    def spy(requests, *, now):
-        cols = merge(requests, now=now)
-        merged.append((len(requests), cols is not None))
-        return cols
-
-    monkeypatch.setattr(T, "merged_columns", spy)
-
-    async def together():
-        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
-
-    answers = [json.loads(a)["scores"][0] for a in asyncio.run(together())]
+    items = _pending([body_of([lead_record(trained.base, i)], as_of=trained.base.until.isoformat())
+                      for i in ids], state)
+    merged = _spy_merges(monkeypatch)
+    answers = [json.loads(a)["scores"][0] for a in _submit_together(svc, items)[0]]
     assert merged == [(4, True)]  # scored together first, then each alone
     assert [a["contact_id"] for a in answers] == ids
     assert [a["scorer"] for a in answers] == ["model", "model", "model", "rules"]
@@ -652,31 +651,11 @@ def test_a_model_failing_on_one_request_of_a_batch_fails_only_that_one(trained, 
 def test_a_batch_call_takes_at_most_64_leads(trained, store, monkeypatch):
     """Tiny requests (a contact each) arriving together are cut into calls of at most 64
     leads, whatever their bytes: the event loop is never held by a thousand leads."""
-    import asyncio
-
-    from serving.service import LeadScoringService, ScorerState, _Pending, _rules_of
-
-    monkeypatch.setenv("LEADSCORE_WORKDIR", str(store))
-    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
-    svc = LeadScoringService.inner()
-    state = ScorerState(trained.model, None, "now")
-    state.rules = _rules_of(trained.model, None)
-    items = []
-    for k in range(150):
-        raw = json.dumps(body_of([{"contact": {"contact_id": f"c{k}"}}], reasons="none")).encode()
-        items.append(_Pending(raw, T.decode_request(raw), state))
-    sizes = []
-    handle = svc.score_batch
-
-    async def recorded(batch):
-        sizes.append(len(batch))
-        return await handle(batch)
-
-    async def together():
-        svc.batcher._handle = recorded
-        return await asyncio.gather(*(svc.batcher.submit(item) for item in items))
-
-    answers = [json.loads(a)["scores"][0]["contact_id"] for a in asyncio.run(together())]
+    svc, state = _service_of(trained, store, monkeypatch)
+    items = _pending([body_of([{"contact": {"contact_id": f"c{k}"}}], reasons="none")
+                      for k in range(150)], state)
+    answers, sizes = _submit_together(svc, items)
+    answers = [json.loads(a)["scores"][0]["contact_id"] for a in answers]
     assert answers == [f"c{k}" for k in range(150)]
     # 4,096 bytes a lead plus its body's ~80: 62 of them fit in 256 KB
     assert sum(sizes) == 150 and max(sizes) <= 64 and sizes[0] >= 60 and len(sizes) == 3
