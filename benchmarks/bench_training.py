@@ -36,15 +36,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-from sklearn.metrics import log_loss, roc_auc_score  # noqa: E402
+import numpy as np
+from sklearn.metrics import log_loss, roc_auc_score
 
-from features.config import FeatureConfig  # noqa: E402
-from features.synthetic import generate, write_tables  # noqa: E402
-from features.training_set import partitioned_training_set  # noqa: E402
-from training.cli import _truth  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.train import train  # noqa: E402
+from features.config import FeatureConfig
+from features.synthetic import generate, write_tables
+from features.training_set import partitioned_training_set
+from training.cli import _truth
+from training.config import TrainConfig
+from training.train import train
 
 _METRICS = ("roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift", "recall_top10")
 
@@ -73,7 +73,7 @@ def _validation_quality(result, ts) -> dict[str, float]:
     raw = result.model.predict_raw(result.model.matrix(val))
     return {"roc_auc": round(float(roc_auc_score(y, raw)), 4),
             "log_loss": round(float(log_loss(y, np.clip(raw, 1e-15, 1 - 1e-15))), 5),
-            "rows": int(len(y)), "positives": int(y.sum())}
+            "rows": len(y), "positives": int(y.sum())}
 
 
 def run(contacts: int, seed: int, data: Path | None, keep: Path | None,

@@ -66,6 +66,6 @@ class FeatureConfig(BaseModel):
     default_phone_region: str = Field("US", min_length=2, max_length=2)
 
     @classmethod
-    def from_yaml(cls, path: Path | str | None) -> "FeatureConfig":
+    def from_yaml(cls, path: Path | str | None) -> FeatureConfig:
         """The ``features:`` section of a YAML file (:func:`read_section`); defaults when None."""
         return read_section(path, "features", cls)

@@ -43,7 +43,7 @@ class ColumnSelector(TransformerMixin, BaseEstimator):
         self.categorical = categorical
         self.numeric = numeric
 
-    def fit(self, X: pd.DataFrame, y=None) -> "ColumnSelector":
+    def fit(self, X: pd.DataFrame, y=None) -> ColumnSelector:
         self._check(X)
         self.feature_names_in_ = np.asarray(list(self.categorical) + list(self.numeric), dtype=object)
         self.n_features_in_ = len(self.feature_names_in_)
@@ -123,7 +123,7 @@ class SignedLog1p(TransformerMixin, BaseEstimator):
     def __init__(self, variables: Sequence[str] = ()) -> None:
         self.variables = variables
 
-    def fit(self, X: pd.DataFrame, y=None) -> "SignedLog1p":
+    def fit(self, X: pd.DataFrame, y=None) -> SignedLog1p:
         self.variables_ = [v for v in self.variables if v in X.columns]
         self.feature_names_in_ = np.asarray(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]

@@ -40,17 +40,23 @@ from itertools import chain
 from operator import attrgetter, itemgetter, methodcaller
 from typing import Annotated, Any, Literal, NotRequired, Optional, Required
 
+import msgspec
 import numpy as np
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
-                      WithJsonSchema)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from typing_extensions import TypedDict
 
 from features import schema
 from features.build import encode_stage_records
 from features.engagement import EventArrays, encode_event_records
 from features.lifecycle import StageArrays
-
-import msgspec
 
 # -- limits ------------------------------------------------------------------------------
 MAX_LEADS = 1000

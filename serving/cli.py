@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from training.cli import app, console, fail, print_frame
+from training.cli import app, console, fail
 
 __all__ = ["app"]
 
@@ -16,15 +16,15 @@ __all__ = ["app"]
 @app.command()
 def score(
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", help="A one-row-per-lead CRM export.")] = None,
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model URI (default: models:/lead-scoring@champion).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
+    table: Annotated[Path | None, typer.Option("--table", help="A one-row-per-lead CRM export.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model URI (default: models:/lead-scoring@champion).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="local or spark.")] = "local",
-    master: Annotated[Optional[str], typer.Option("--master", help="Spark master (default local[*]).")] = None,
+    master: Annotated[str | None, typer.Option("--master", help="Spark master (default local[*]).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
-    previous: Annotated[Optional[Path], typer.Option("--previous", help="Last night's scores: report movers.")] = None,
+    previous: Annotated[Path | None, typer.Option("--previous", help="Last night's scores: report movers.")] = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1000, help="Contacts per chunk (memory per worker).")] = 50_000,
     reasons: Annotated[str, typer.Option("--reasons", help="Reasons for: all, top (bands A and B) or none. "
                                          "Reasons (LightGBM pred_contrib) cost ~100x a prediction per row.")] = "top",
@@ -32,7 +32,6 @@ def score(
 ) -> None:
     """Rescore the whole base (or a CRM table) with the champion; rules when there is none."""
     from serving.batch import BatchOptions, run_batch
-
     from training.tracking import configure_tracking
 
     if (data is None) == (table is None):
@@ -72,10 +71,10 @@ def serve(
 def report(
     data: Annotated[Path, typer.Option("--data", help="Directory with contacts, events, stages.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for report.html and CSVs.")],
-    scores: Annotated[Optional[Path], typer.Option("--scores", help="Scores Parquet from `leadscore score`.")] = None,
-    previous: Annotated[Optional[Path], typer.Option("--previous", help="Previous scores, for new A leads.")] = None,
+    scores: Annotated[Path | None, typer.Option("--scores", help="Scores Parquet from `leadscore score`.")] = None,
+    previous: Annotated[Path | None, typer.Option("--previous", help="Previous scores, for new A leads.")] = None,
     target: Annotated[int, typer.Option("--target-opportunities", help="Sales goal, to work back leads needed.")] = 100,
-    until: Annotated[Optional[str], typer.Option("--until", help="Export date of the data.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Export date of the data.")] = None,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
 ) -> None:
     """Funnel KPIs, score quality, service level and drift as a self-contained HTML report."""

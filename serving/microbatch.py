@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 
 __all__ = ["LoopBatcher"]
 
-I = TypeVar("I")  # noqa: E741  (an item)
+I = TypeVar("I")
 R = TypeVar("R")
 
 

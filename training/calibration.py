@@ -33,7 +33,7 @@ class Calibrator:
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, raw: np.ndarray, y: np.ndarray, method: Method) -> "Calibrator":
+    def fit(cls, raw: np.ndarray, y: np.ndarray, method: Method) -> Calibrator:
         raw, y = np.asarray(raw, dtype="float64"), np.asarray(y)
         if method == "isotonic":
             iso = IsotonicRegression(out_of_bounds="clip", y_min=_EPS, y_max=1 - _EPS).fit(raw, y)
@@ -52,7 +52,7 @@ class Calibrator:
         return {"method": self.method, "params": self.params}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Calibrator":
+    def from_dict(cls, d: dict[str, Any]) -> Calibrator:
         return cls(d["method"], d["params"])
 
 

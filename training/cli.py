@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import pandas as pd
 import typer
@@ -20,9 +20,9 @@ console = Console(stderr=False)
 app = typer.Typer(help="leadscore: lead scoring and propensity models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML with `features:` and `training:` sections.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML with `features:` and `training:` sections.")]
 DataOpt = Annotated[Path, typer.Option("--data", help="Directory with contacts, events, stages (Parquet or CSV).")]
-UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Export date of the data (default: last stage change).")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Export date of the data (default: last stage change).")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -62,7 +62,7 @@ def demo_data(
 def features(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", help="Output Parquet file.")],
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="As-of date (default: the data's end).")] = None,
     config: ConfigOpt = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1000, help="Contacts per chunk (memory per worker).")] = 50_000,
 ) -> None:
@@ -163,18 +163,19 @@ def _sorted_distinct(values: pd.Series) -> list:
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
-    table: Annotated[Optional[Path], typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")] = None,
-    dataset_config: Annotated[Optional[Path], typer.Option("--dataset-config", help="Dataset YAML for --table (or give it as --config).")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML with `features:` and `training:` sections; with --table: the dataset config (target, id, exclusions; may hold `training:`).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="With --table and no dataset config: the outcome column.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Directory with contacts, events, stages.")] = None,
+    table: Annotated[Path | None, typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")] = None,
+    dataset_config: Annotated[Path | None, typer.Option("--dataset-config", help="Dataset YAML for --table (or give it as --config).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML with `features:` and `training:` sections; with --table: the dataset config (target, id, exclusions; may hold `training:`).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="With --table and no dataset config: the outcome column.")] = None,
     until: UntilOpt = None,
     tune: Annotated[int, typer.Option("--tune", min=0, help="Optuna trials inside the training window (0: off).")] = 0,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
 ) -> None:
     """Build the training set, train rules + LightGBM, log to MLflow, register, apply the gate."""
     from training.tracking import configure_tracking, log_training
-    from training.train import NotEnoughData, train as run_training
+    from training.train import NotEnoughData
+    from training.train import train as run_training
 
     if (data is None) == (table is None):
         fail("give exactly one of --data DIR or --table FILE")
@@ -212,8 +213,8 @@ def train(
 def infer_config(
     table: Annotated[Path, typer.Option("--table", help="A one-row-per-lead CRM export (CSV/Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write the dataset config YAML.")],
-    target: Annotated[Optional[str], typer.Option("--target", help="The outcome column (default: guessed).")] = None,
-    positive: Annotated[Optional[str], typer.Option("--positive", help="Target value meaning converted.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="The outcome column (default: guessed).")] = None,
+    positive: Annotated[str | None, typer.Option("--positive", help="Target value meaning converted.")] = None,
 ) -> None:
     """Infer a dataset config for a CRM export (kinds, ids, placeholders, probable leaks), for review."""
     from training.crm import DatasetConfigError, infer_config_command
@@ -229,7 +230,7 @@ def evaluate(
     data: DataOpt,
     config: ConfigOpt = None,
     until: UntilOpt = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Model URI to compare too (default: the champion).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model URI to compare too (default: the champion).")] = None,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the embedded MLflow store lives.")] = Path("."),
 ) -> None:
     """Model vs rules vs logistic baseline (vs oracle, vs champion) on the latest window."""
@@ -271,7 +272,8 @@ def promote(
     """Move the `champion` alias to VERSION."""
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import configure_tracking, promote as do_promote
+    from training.tracking import configure_tracking
+    from training.tracking import promote as do_promote
 
     configure_tracking(workdir)
     try:
@@ -283,7 +285,8 @@ def promote(
 @app.command()
 def rollback(workdir: Annotated[Path, typer.Option("--workdir")] = Path(".")) -> None:
     """Move the `champion` alias back to the version it replaced."""
-    from training.tracking import configure_tracking, rollback as do_rollback
+    from training.tracking import configure_tracking
+    from training.tracking import rollback as do_rollback
 
     configure_tracking(workdir)
     try:

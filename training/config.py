@@ -85,13 +85,15 @@ class TrainConfig(BaseModel):
     @field_validator("band_thresholds")
     @classmethod
     def _valid_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
-        from training.scoring import check_band_thresholds  # at load, not hours later after training
+        from training.scoring import (
+            check_band_thresholds,  # at load, not hours later after training
+        )
 
         check_band_thresholds(value)
         return value
 
     @classmethod
-    def from_yaml(cls, path: Path | str | None) -> "TrainConfig":
+    def from_yaml(cls, path: Path | str | None) -> TrainConfig:
         """The ``training:`` section of a YAML file (:func:`features.config.read_section`);
         defaults when None."""
         return read_section(path, "training", cls)

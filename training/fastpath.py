@@ -274,8 +274,8 @@ class FastScorer:
         return int(min(max(math.floor(raw), 0), 100))
 
     def _reasons_one(self, contributions: np.ndarray, features: Mapping[str, np.ndarray],
-                     i: int = 0) -> list[dict[str, Any]]:
-        """Reasons of lead ``i`` of ``features`` from its contributions, as
+                     row: int = 0) -> list[dict[str, Any]]:
+        """Reasons of lead ``row`` of ``features`` from its contributions, as
         :func:`top_effects` + :func:`format_reasons` give them."""
         c = contributions[:-1]
         e = np.where(np.isfinite(c), c, 0.0)  # non-finite effects count as 0 (never shown)
@@ -288,7 +288,7 @@ class FastScorer:
         el = e.tolist()
         chosen = sorted(pos + neg, key=lambda j: -abs(el[j]))  # stable: positives first on ties
         effects = np.round(e[chosen], _DECIMALS).tolist()
-        values = [features[self.columns[j]][i] for j in chosen]
+        values = [features[self.columns[j]][row] for j in chosen]
         floats = [i for i, v in enumerate(values) if isinstance(v, (float, np.floating))]
         if floats:  # rounded together, as _json_value rounds each
             rounded = np.round(np.array([values[i] for i in floats], dtype=np.float64), _DECIMALS)

@@ -184,7 +184,7 @@ class LeadModel:
         return path
 
     @classmethod
-    def load(cls, path: Path | str, *, num_threads: int = 0) -> "LeadModel":
+    def load(cls, path: Path | str, *, num_threads: int = 0) -> LeadModel:
         """Read a model written by :meth:`save`."""
         path = Path(path)
         meta = json.loads((path / _FILES["meta"]).read_text())

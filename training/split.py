@@ -74,6 +74,6 @@ def random_split(y: pd.Series, config: SplitConfig, *, seed: int) -> Split:
         m[i] = True
         return m
 
-    pct = lambda m: f"{m.sum()} rows ({m.mean():.0%}, stratified, seed {seed})"  # noqa: E731
+    pct = lambda m: f"{m.sum()} rows ({m.mean():.0%}, stratified, seed {seed})"
     return Split(mask(train), mask(val), mask(test),
                  {"train": pct(mask(train)), "validation": pct(mask(val)), "test": pct(mask(test))})

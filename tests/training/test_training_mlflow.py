@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import warnings
 import sys
+import warnings
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import mlflow
 from mlflow import MlflowClient
 
 from training.config import TrainConfig
