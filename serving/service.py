@@ -896,9 +896,9 @@ class LeadScoringService:
                 scored = asyncio.get_running_loop().run_in_executor(
                     self._trees, partial(self.scores_of, cols, mode, now, state,
                                          rules_on_failure=rules_on_failure))
-            except RuntimeError:  # the executor is shut down: the service is stopping
-                scored = None
-            if scored is not None:
+            except RuntimeError:  # the executor is shut down (the service is stopping): inline
+                pass
+            else:
                 return await scored
         return self.scores_of(cols, mode, now, state, rules_on_failure=rules_on_failure)
 
@@ -930,7 +930,7 @@ class LeadScoringService:
 
     async def _score_group(self, group: list[_Pending], now: dt.datetime) -> list[bytes | Response]:
         if len(group) == 1:
-            return [await self.score_alone(group[0], now)]
+            return [await self._alone_guarded(group[0], now)]
         state, mode = group[0].state, group[0].request.reasons
         cols = T.merged_columns([item.request for item in group], now=now)
         scores = None if cols is None else await self.scores_near_loop(
@@ -1026,11 +1026,6 @@ assert set(_NOT_ELIGIBLE) == set(schema.NOT_SCORED_STAGES)
 def _mark_not_eligible(scores: list[dict[str, Any]], stages: np.ndarray) -> None:
     """Add ``not_eligible`` to the scores of leads the nightly batch would not score (already
     converted, or disqualified, at the as-of date); eligible leads' scores stay as they are."""
-    if len(stages) == 1:
-        why = _NOT_ELIGIBLE.get(stages[0])
-        if why is not None:
-            scores[0]["not_eligible"] = why
-        return
     get = _NOT_ELIGIBLE.get
     for score, stage in zip(scores, stages.tolist()):
         why = get(stage)

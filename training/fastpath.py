@@ -37,11 +37,12 @@ from training.scoring import json_safe, readable, top_effects
 __all__ = ["CompiledEncoder", "FastScorer"]
 
 _DECIMALS = 4  # format_reasons' default, used by LeadModel.score
-#: Up to this many leads, one single-row C call per lead (``predict_one``) costs less than one
-#: ``Booster.predict`` of them all (its per-call set-up); up to the second, one lead's
-#: reasons at a time (``contributions_one`` + ``_reasons_one``) cost less than the vectorised
-#: :meth:`FastScorer.reasons` (measured with a 51-tree model, µs per lead).
-_ROW_BY_ROW_PREDICT = 4
+#: Up to this many leads, each takes the single-lead path (one single-row C call, scalar
+#: calibration and scale: ~40 µs a lead without reasons) rather than the matrix path (~150 µs
+#: of set-up: ``Booster.predict``, the vectorised scale); up to the second, the matrix path
+#: explains one lead at a time (``contributions_one`` + ``_reasons_one``), cheaper than the
+#: vectorised :meth:`FastScorer.reasons` (measured with a 51-tree model).
+_ROW_BY_ROW = 4
 _ROW_BY_ROW_REASONS = 16
 TOP_BANDS = ("A", "B")  # reasons="top": the bands sales calls, as `leadscore score --reasons top`
 
@@ -108,15 +109,15 @@ class CompiledEncoder:
             categories[c] = _Category(table, other, table.get(fill, other) if isinstance(fill, str) else other)
         return cls(cats, model.numeric, categories)
 
-    def row(self, columns: Mapping[str, np.ndarray | Sequence[Any]]) -> np.ndarray:
-        """The booster's input for one lead (``columns`` of length 1), as a float64 vector."""
+    def row(self, columns: Mapping[str, np.ndarray | Sequence[Any]], i: int = 0) -> np.ndarray:
+        """The booster's input for lead ``i`` of ``columns``, as a float64 vector."""
         values = []
         for c in self.categorical:
             cat = self.categories[c]
-            v = columns[c][0]
+            v = columns[c][i]
             values.append(cat.missing if v is None or (isinstance(v, float) and math.isnan(v))
                           else cat.codes.get(v, cat.other) if isinstance(v, str) else cat.other)
-        values += [columns[c][0] for c in self.numeric]
+        values += [columns[c][i] for c in self.numeric]
         return np.array(values, dtype="float64")
 
     def matrix(self, columns: Mapping[str, np.ndarray | Sequence[Any]], n: int) -> np.ndarray:
@@ -139,9 +140,9 @@ class FastScorer:
 
     One lead (the common HTTP request) takes a path of its own: LightGBM's single-row C API
     (``LGBM_BoosterPredictForMatSingleRowFast``: the same predictor without the per-call
-    set-up of ``Booster.predict``) and plain Python for the score scale and the reasons. A
-    few leads (an HTTP batch) are predicted, and explained, through the same call one row
-    at a time; more go through ``Booster.predict``.
+    set-up of ``Booster.predict``) and plain Python for the score scale and the reasons; so
+    do up to four leads (an HTTP batch), one at a time. More go through ``Booster.predict``
+    and the vectorised scale, and up to 16 of them are explained one at a time.
 
     Parameters
     ----------
@@ -184,14 +185,12 @@ class FastScorer:
         n = len(contact_ids)
         if isinstance(reasons, str) and reasons != "top":
             raise ValueError(f"reasons: expected True, False, a mask or 'top', got {reasons!r}")
-        if n == 1:
-            return [self._score_one(features, contact_ids[0], scored_at, reasons)]
+        if n <= _ROW_BY_ROW:
+            return [self._score_one(features, contact_ids[i], scored_at,
+                                    reasons if isinstance(reasons, (bool, str)) else bool(reasons[i]), i)
+                    for i in range(n)]
         X = self.encoder.matrix(features, n)
-        if n <= _ROW_BY_ROW_PREDICT:  # a few leads: the single-row C call beats predict()'s set-up
-            raw = np.array([self.predict_one(X[i]) for i in range(n)])
-        else:
-            raw = self.model.predict_raw(X)
-        p = self.model.calibrator.transform(raw)
+        p = self.model.calibrator.transform(self.model.predict_raw(X))
         score = self.model.scale.score(p)
         band = self.model.scale.band(score)
         if isinstance(reasons, str):
@@ -214,16 +213,20 @@ class FastScorer:
         ]
 
     def _score_one(self, features: Mapping[str, np.ndarray], contact_id: str, scored_at: str,
-                   reasons: bool | np.ndarray | str) -> dict[str, Any]:
-        """One lead: the same numbers as the matrix path, with less machinery."""
-        row = self.encoder.row(features)
-        raw = self.predict_one(row)
-        explain = self.explains(raw, reasons)
-        return self.finish_one(features, contact_id, scored_at, raw,
-                               self.contributions_one(row) if explain else None)
+                   reasons: bool | str, i: int = 0) -> dict[str, Any]:
+        """Lead ``i`` of ``features``: the same numbers as the matrix path, with less machinery
+        (``reasons``: True, False or ``"top"``)."""
+        x = self.encoder.row(features, i)
+        raw = self.predict_one(x)
+        p = self._probability(raw)
+        score = self._score(p)
+        band = self._band(score)
+        explain = band in TOP_BANDS if isinstance(reasons, str) else reasons
+        return {"contact_id": contact_id, "probability": p, "score": score, "band": band,
+                "reasons": self._reasons_one(self.contributions_one(x), features, i) if explain else [],
+                "scorer": "model", "model_name": self.model_name,
+                "model_version": self.model_version, "scored_at": scored_at}
 
-    # The single-lead path in three steps, so that a server can run the trees (C code that
-    # releases the GIL) off its event loop: row() -> predict_one/contributions_one -> finish_one.
     def predict_one(self, row: np.ndarray) -> float:
         """The booster's raw output for one encoded lead (thread-safe)."""
         return float(self._predict_one(row)[0])
@@ -231,27 +234,6 @@ class FastScorer:
     def contributions_one(self, row: np.ndarray) -> np.ndarray:
         """``pred_contrib`` of one encoded lead, bias last (thread-safe)."""
         return self._contrib_one(row)
-
-    def predict_and_explain_one(self, row: np.ndarray) -> tuple[float, np.ndarray]:
-        return self.predict_one(row), self.contributions_one(row)
-
-    def explains(self, raw: float, reasons: bool | np.ndarray | str) -> bool:
-        """Whether a lead with this raw output gets reasons under ``reasons``."""
-        if reasons is True or reasons is False:
-            return reasons
-        if isinstance(reasons, str):
-            return self._band(self._score(self._probability(raw))) in TOP_BANDS
-        return bool(np.asarray(reasons)[0])
-
-    def finish_one(self, features: Mapping[str, np.ndarray], contact_id: str, scored_at: str,
-                   raw: float, contributions: np.ndarray | None) -> dict[str, Any]:
-        """The outputs of one lead from its raw output and (when explained) contributions."""
-        p = self._probability(raw)
-        score = self._score(p)
-        return {"contact_id": contact_id, "probability": p, "score": score, "band": self._band(score),
-                "reasons": [] if contributions is None else self._reasons_one(contributions, features),
-                "scorer": "model", "model_name": self.model_name,
-                "model_version": self.model_version, "scored_at": scored_at}
 
     def _probability(self, raw: float) -> float:
         return float(self.model.calibrator.transform(np.array([raw]))[0])
