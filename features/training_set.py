@@ -44,7 +44,7 @@ from features.partition import (
     release_cached_files,
     table_path,
 )
-from features.tasks import Call, Progress, local_runner
+from features.tasks import Progress, local_runner
 
 #: contacts per bucket: a worker's snapshots of a bucket stay in the hundreds of MB
 CHUNK_SIZE = 50_000
@@ -86,14 +86,10 @@ class PreparedBase:
     workers: int
     console: Any | None = None  # where progress is shown
 
-    def run_buckets(self, calls: list[Call], on_done: Callable[[int, Any], None]) -> None:
-        """Run calls (one per bucket, weighted by contacts) on the pool of workers; in this
-        process when the base is small."""
-        local_runner(self.workers, min_weight=_POOL_MIN_CONTACTS)(calls, on_done)
-
     def map_buckets(self, fn: Callable[..., Any], args: tuple, label: str) -> list[Any]:
-        """``fn(k, *args)`` for every bucket ``k`` (:meth:`run_buckets`), with progress in
-        contacts under ``label``; the results in bucket order. ``fn`` must be picklable (a
+        """``fn(k, *args)`` for every bucket ``k`` on the pool of workers (in this process
+        when the base is small), with progress in contacts under ``label``; the results in
+        bucket order. ``fn`` must be picklable (a
         module-level function)."""
         sizes = self.info["bucket_sizes"]
         n_buckets = int(self.info["n_buckets"])
@@ -104,7 +100,7 @@ class PreparedBase:
                 results[result[0]] = result[1]
                 advance(weight)
 
-            self.run_buckets(calls, done)
+            local_runner(self.workers, min_weight=_POOL_MIN_CONTACTS)(calls, done)
         return [results[k] for k in range(n_buckets)]
 
     def rejects_by_reason(self) -> pd.DataFrame:

@@ -209,7 +209,6 @@ TABLE_REQUEST: TypeAdapter = TypeAdapter(TableScoreRequest)
 #: One lead, one table row: :func:`validate_large` validates big bodies item by item.
 _LEAD_ADAPTER: TypeAdapter = TypeAdapter(Lead)
 _ROW_ADAPTER: TypeAdapter = TypeAdapter(TableRow)
-_LIST_LIMITS = {"leads": MAX_LEADS, "rows": MAX_LEADS}
 
 
 # -- responses -----------------------------------------------------------------------------
@@ -841,7 +840,7 @@ def validate_large(body: bytes, whole: TypeAdapter, key: str, item: TypeAdapter,
         items = _RAW_LIST_DECODER.decode(top[key])
     except Exception:  # no UTF-8 object with a list under key, or JSON msgspec does not take
         return whole.validate_json(body)
-    limit = _LIST_LIMITS[key]
+    limit = MAX_LEADS  # of leads, or of rows
     errors: list[dict[str, Any]] = []
     if len(items) > limit:
         errors.append({"type": "too_long", "loc": (key,),

@@ -77,7 +77,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -901,27 +900,22 @@ def _run_local(opts: BatchOptions, ws: Workspace, *, console: Any | None, worker
     threads = 1 if workers > 1 else max(os.cpu_count() or 1, 1)
     summary = execute(opts, ws, paths, scorer, scored_at, engine="local",
                       make_runner=lambda *init: local_runner(workers, *init), child=workers > 1,
-                      threads=threads, console=console, as_of_opt=as_of_opt)
+                      threads=threads, console=console)
     summary.seconds["total"] = time.perf_counter() - t_start
     return summary
 
 
 def execute(opts: BatchOptions, ws: Workspace, paths: dict[str, Path], scorer: Any,
             scored_at: pd.Timestamp, *, engine: str, make_runner: Callable[..., Runner], child: bool,
-            threads: int, console: Any | None,
-            as_of_opt: pd.Timestamp | None | EllipsisType = ...) -> BatchSummary:
+            threads: int, console: Any | None) -> BatchSummary:
     """Steps 1-5 in ``ws`` (each skipped where an interrupted run finished it), tasks run by
-    ``make_runner(initializer=None, initargs=())``: a process pool, or Spark's executors.
-    ``as_of_opt``: ``opts.as_of`` as :func:`parse_as_of` gives it, when the caller parsed it
-    already (default: parsed here)."""
+    ``make_runner(initializer=None, initargs=())``: a process pool, or Spark's executors."""
     seconds: dict[str, float] = {}
     # 1-2: preparation
     prep = ws.prepared()
     if prep is None:
         t0 = time.perf_counter()
-        if as_of_opt is ...:
-            as_of_opt = parse_as_of(opts.as_of)
-        prep = prepare(paths, ws.prep, as_of_opt, opts.chunk_size, run=make_runner(),
+        prep = prepare(paths, ws.prep, parse_as_of(opts.as_of), opts.chunk_size, run=make_runner(),
                         child=child, console=console)
         seconds["prepare"] = time.perf_counter() - t0
     as_of = pd.Timestamp(prep["as_of"])
