@@ -57,13 +57,13 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   rows are validated
   (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
   (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
-* Event requests of up to 20 leads are scored near the event loop, and those received in
-  one pass of the loop are scored together (:class:`serving.microbatch.LoopBatcher`,
+* Event requests of up to 20 leads are scored near the event loop, and those received
+  over consecutive passes of the loop are scored together (:class:`serving.microbatch.LoopBatcher`,
   :meth:`LeadScoringService.score_batch`): one featurisation and one scoring call for their
   leads, grouped by ``as_of`` and reasons mode, each request answered with its own leads'
   scores. A group that fails as a whole (a late lead, a timestamp left to pydantic, a
   model that raises) is answered request by request, so each gets the answer it gets
-  alone. A lone request waits for nothing. When the model's reasons (LightGBM
+  alone. A lone request waits a few passes of the loop, never a timer. When the model's reasons (LightGBM
   ``pred_contrib``) are slow (timed when the model loads), the scoring of a small request
   runs in one worker thread, where the trees release the GIL and the loop serves other
   requests meanwhile; otherwise on the loop. Requests of more than 20 leads or rows are
@@ -139,6 +139,10 @@ _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the
 #: (about 26 leads of 50 events; a request alone may weigh more).
 _BATCH_MAX_WEIGHT = 256 * 1024
 _BATCH_LEAD_BYTES = 4096
+#: A call takes its requests once this many passes of the event loop went by without a new one
+#: (``LEADSCORE_BATCH_PATIENCE``): under load, the requests of the next few passes join the
+#: batch; alone, a request waits these passes only (microseconds)
+_BATCH_PATIENCE = 8
 #: A champion version that failed to load is retried by the poll after the poll interval,
 #: then twice as long at each failure, at most this many seconds apart.
 _RETRY_MAX_SECONDS = 600.0
@@ -651,7 +655,8 @@ class LeadScoringService:
     ``MLFLOW_TRACKING_URI`` wins), ``LEADSCORE_MODEL_URI`` (default the champion),
     ``LEADSCORE_API_KEYS``, ``LEADSCORE_RELOAD_SECONDS`` (default 30, 0: no poll),
     ``LEADSCORE_MAX_BODY_BYTES``, ``LEADSCORE_LARGE_BODY_BYTES`` (bodies above it are
-    decoded lead by lead in a thread), ``LEADSCORE_WORKERS``.
+    decoded lead by lead in a thread), ``LEADSCORE_BATCH_PATIENCE`` (default 8 passes of the
+    loop), ``LEADSCORE_WORKERS``.
     """
 
     def __init__(self) -> None:
@@ -676,9 +681,10 @@ class LeadScoringService:
         # quickly (tail latency)
         sys.setswitchinterval(_env_float("LEADSCORE_SWITCH_INTERVAL", 0.001))
         self._trees = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadscore-trees")
-        #: small event requests received in one pass of the event loop, scored together
+        #: small event requests received over consecutive passes of the loop, scored together
         self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
             self.score_batch, max_weight=_BATCH_MAX_WEIGHT,
+            patience=int(_env_float("LEADSCORE_BATCH_PATIENCE", _BATCH_PATIENCE)),
             weight=lambda item: len(item.body) + _BATCH_LEAD_BYTES * len(item.request.leads))
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()
 

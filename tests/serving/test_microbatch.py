@@ -1,4 +1,5 @@
-"""LoopBatcher: what is submitted in one pass of the event loop is handled in one call."""
+"""LoopBatcher: what is submitted in one pass of the event loop, or over the next passes while
+items keep coming (``patience``), is handled in one call."""
 
 from __future__ import annotations
 
@@ -139,3 +140,82 @@ def test_the_handler_runs_outside_the_submitters_context():
 
     asyncio.run(main())
     assert seen == [None]
+
+
+async def _passes(n: int) -> None:
+    """Let the event loop run ``n`` passes."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def _after(passes: int, batcher: LoopBatcher, item: int) -> int:
+    await _passes(passes)
+    return await batcher.submit(item)
+
+
+def test_items_arriving_over_the_next_passes_join_the_call_while_they_keep_coming():
+    def calls(patience: int) -> list[list[int]]:
+        handler = Recorder()
+
+        async def main() -> list[int]:
+            batcher = LoopBatcher(handler, patience=patience)
+            # one item every other pass: never two quiet passes in a row
+            return await asyncio.gather(*(_after(2 * i, batcher, i) for i in range(6)))
+
+        assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
+        return handler.calls
+
+    assert calls(patience=3) == [[0, 1, 2, 3, 4, 5]]
+    assert len(calls(patience=0)) > 1  # each pass's items alone
+
+
+def test_a_call_waits_its_patience_in_passes_of_the_loop_not_on_a_timer():
+    handler = Recorder()
+
+    async def main() -> tuple[int, int]:
+        batcher = LoopBatcher(handler, patience=5)
+        passes = 0
+        first = asyncio.ensure_future(batcher.submit(1))
+        while not first.done():
+            await asyncio.sleep(0)
+            passes += 1
+        late = await _after(1, batcher, 2)  # after the call: a call of its own
+        return passes, late
+
+    passes, late = asyncio.run(main())
+    assert 5 <= passes <= 8  # the five quiet passes, then the call
+    assert late == 4 and handler.calls == [[1], [2]]
+
+
+def test_items_that_weigh_the_maximum_are_handled_without_waiting_for_more():
+    handler = Recorder()
+
+    async def main() -> int:
+        batcher = LoopBatcher(handler, weight=lambda i: 1, max_weight=2, patience=1000)
+        both = asyncio.ensure_future(asyncio.gather(batcher.submit(1), batcher.submit(2)))
+        passes = 0
+        while not both.done():
+            await asyncio.sleep(0)
+            passes += 1
+        return passes
+
+    assert asyncio.run(main()) <= 5  # not the 1,000 quiet passes
+    assert handler.calls == [[1, 2]]
+
+
+def test_a_weight_that_raises_reaches_its_submitter_only():
+    handler = Recorder()
+
+    def weight(i: int) -> int:
+        if i == 3:
+            raise TypeError("cannot weigh")
+        return 1
+
+    async def main() -> list[object]:
+        batcher = LoopBatcher(handler, weight=weight, patience=2)
+        return await asyncio.gather(*(batcher.submit(i) for i in (1, 3, 2)),
+                                    return_exceptions=True)
+
+    out = asyncio.run(main())
+    assert out[0] == 2 and isinstance(out[1], TypeError) and out[2] == 4
+    assert handler.calls == [[1, 2]]
