@@ -24,7 +24,8 @@ R = TypeVar("R")
 
 
 class LoopBatcher(Generic[I, R]):
-    """Coalesce items submitted during one pass of the event loop into calls of ``handle``.
+    """Coalesce items submitted over the same few passes of the event loop into calls of
+    ``handle``.
 
     Parameters
     ----------
@@ -32,23 +33,28 @@ class LoopBatcher(Generic[I, R]):
         Takes a list of items, returns their results in the same order. An exception it
         raises is raised to every submitter of that call.
     weight : callable
-        The weight of an item (the leads of a request).
+        The weight of an item (the leads of a request), a positive integer; another value is
+        a ValueError to its submitter.
     max_weight : int
         A call takes items up to this total weight (at least one item); the rest go to the
         next call, after the loop has had a turn. Items that weigh this much together are
         handled without waiting for more.
     patience : int
         Passes of the loop a call waits for more items: it takes them once this many passes
-        went by without a new one (0: the items of one pass).
+        went by without a new one (0 or less: the items of one pass).
+    max_wait : float or None
+        Seconds (of the loop's clock) after which a call takes its items even if more keep
+        coming: the most batching adds to a request's wait.
     """
 
     def __init__(self, handle: Callable[[list[I]], Awaitable[list[R]]], *,
                  weight: Callable[[I], int] = lambda item: 1, max_weight: int = 64,
-                 patience: int = 0) -> None:
+                 patience: int = 0, max_wait: float | None = None) -> None:
         self._handle = handle
         self._weight = weight
         self._max_weight = max_weight
         self._patience = patience
+        self._max_wait = max_wait
         self._pending: list[tuple[I, asyncio.Future[R], int]] = []  # item, future, weight
         self._pending_weight = 0
         self._next: asyncio.Task[None] | None = None  # the flush that will take new items
@@ -59,6 +65,8 @@ class LoopBatcher(Generic[I, R]):
         result."""
         loop = asyncio.get_running_loop()
         weight = self._weight(item)  # (raises to its submitter)
+        if not isinstance(weight, int) or weight < 1:
+            raise ValueError(f"an item's weight must be a positive integer, got {weight!r}")
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future, weight))
         self._pending_weight += weight
@@ -81,9 +89,12 @@ class LoopBatcher(Generic[I, R]):
 
     async def _gather(self) -> None:
         """Let the loop run while items keep coming: until ``patience`` passes in a row bring
-        none, or they weigh ``max_weight``."""
+        none, they weigh ``max_weight`` or ``max_wait`` is over."""
         seen, quiet = len(self._pending), 0
-        while quiet < self._patience and self._pending_weight < self._max_weight:
+        loop = asyncio.get_running_loop()
+        deadline = None if self._max_wait is None else loop.time() + self._max_wait
+        while quiet < self._patience and self._pending_weight < self._max_weight \
+                and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(0)
             quiet = 0 if len(self._pending) > seen else quiet + 1
             seen = len(self._pending)

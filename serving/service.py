@@ -57,17 +57,18 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   rows are validated
   (:data:`serving.api_types.TABLE_REQUEST`), checked against the model's columns
   (:class:`serving.api_types.TableSpec`) and scored by :func:`training.crm.score_table`.
-* Event requests of up to 20 leads are scored near the event loop, and those received
-  over consecutive passes of the loop are scored together (:class:`serving.microbatch.LoopBatcher`,
+* Event requests of up to 20 leads are scored near the event loop, and those received over
+  consecutive passes of the loop are scored together (:class:`serving.microbatch.LoopBatcher`,
   :meth:`LeadScoringService.score_batch`): one featurisation and one scoring call for their
   leads, grouped by ``as_of`` and reasons mode, each request answered with its own leads'
   scores. A group that fails as a whole (a late lead, a timestamp left to pydantic, a
   model that raises) is answered request by request, so each gets the answer it gets
-  alone. A lone request waits a few passes of the loop, never a timer. When the model's reasons (LightGBM
-  ``pred_contrib``) are slow (timed when the model loads), the scoring of a small request
-  runs in one worker thread, where the trees release the GIL and the loop serves other
-  requests meanwhile; otherwise on the loop. Requests of more than 20 leads or rows are
-  scored in a thread; smaller table requests inline.
+  alone. A lone request waits a few passes of the loop, never a timer; a batch waits at
+  most 5 ms for more. When the model's reasons (LightGBM ``pred_contrib``) are slow (timed
+  when the model loads), the scoring of a small request runs in one worker thread, where
+  the trees release the GIL and the loop serves other requests meanwhile; otherwise on the
+  loop. Requests of more than 20 leads or rows are scored in a thread; smaller table
+  requests inline.
 * A body above 4 MB (:data:`serving.api_types.LARGE_BODY_BYTES`) is decoded in a worker
   thread one lead or row per decoder call (:func:`serving.api_types.decode_large`): msgspec
   and pydantic hold the GIL for a whole call, so a thread alone would still stall the loop
@@ -140,9 +141,12 @@ _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the
 _BATCH_MAX_WEIGHT = 256 * 1024
 _BATCH_LEAD_BYTES = 4096
 #: A call takes its requests once this many passes of the event loop went by without a new one
-#: (``LEADSCORE_BATCH_PATIENCE``): under load, the requests of the next few passes join the
-#: batch; alone, a request waits these passes only (microseconds)
+#: (``LEADSCORE_BATCH_PATIENCE``, 0 to 1,000): under load, the requests of the next few passes
+#: join the batch; alone, a request waits these passes only (microseconds). Whatever keeps
+#: coming, a call takes its requests after _BATCH_MAX_WAIT_SECONDS.
 _BATCH_PATIENCE = 8
+_BATCH_MAX_PATIENCE = 1000
+_BATCH_MAX_WAIT_SECONDS = 0.005
 #: A champion version that failed to load is retried by the poll after the poll interval,
 #: then twice as long at each failure, at most this many seconds apart.
 _RETRY_MAX_SECONDS = 600.0
@@ -636,6 +640,22 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+def _env_int(name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
+    """A whole number from the environment (``1e6`` reads as 1000000), ``default`` when
+    unset; a ValueError naming the variable when it is not a whole number in range."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (value.is_integer() and value >= low and (high is None or value <= high)):
+        bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+        raise ValueError(f"{name}={raw!r}: expected a whole number {bounds}")
+    return int(value)
+
+
 # -- the BentoML service -----------------------------------------------------------------------
 @bentoml.service(
     name=SERVICE_NAME,
@@ -666,8 +686,8 @@ class LeadScoringService:
             check_bind_allowed(host, os.environ.get("LEADSCORE_API_KEYS", ""))
         self.workdir = Path(os.environ.get("LEADSCORE_WORKDIR", "."))
         self.model_uri = os.environ.get("LEADSCORE_MODEL_URI") or None
-        self.max_body = int(_env_float("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES))
-        self.large_body = int(_env_float("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES))
+        self.max_body = _env_int("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES, low=1)
+        self.large_body = _env_int("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES, low=1)
         self.reload_seconds = _env_float("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
         self._state: ScorerState | None = None
         self._failed_version: str | None = None  # a champion that did not load (GET /model)
@@ -684,7 +704,9 @@ class LeadScoringService:
         #: small event requests received over consecutive passes of the loop, scored together
         self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
             self.score_batch, max_weight=_BATCH_MAX_WEIGHT,
-            patience=int(_env_float("LEADSCORE_BATCH_PATIENCE", _BATCH_PATIENCE)),
+            patience=_env_int("LEADSCORE_BATCH_PATIENCE", _BATCH_PATIENCE,
+                              high=_BATCH_MAX_PATIENCE),
+            max_wait=_BATCH_MAX_WAIT_SECONDS,
             weight=lambda item: len(item.body) + _BATCH_LEAD_BYTES * len(item.request.leads))
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()
 

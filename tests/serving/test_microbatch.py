@@ -166,7 +166,7 @@ def test_items_arriving_over_the_next_passes_join_the_call_while_they_keep_comin
         return handler.calls
 
     assert calls(patience=3) == [[0, 1, 2, 3, 4, 5]]
-    assert len(calls(patience=0)) > 1  # each pass's items alone
+    assert calls(patience=0) == [[0], [1], [2], [3], [4], [5]]  # each pass's items alone
 
 
 def test_a_call_waits_its_patience_in_passes_of_the_loop_not_on_a_timer():
@@ -213,9 +213,78 @@ def test_a_weight_that_raises_reaches_its_submitter_only():
 
     async def main() -> list[object]:
         batcher = LoopBatcher(handler, weight=weight, patience=2)
-        return await asyncio.gather(*(batcher.submit(i) for i in (1, 3, 2)),
-                                    return_exceptions=True)
+        out = await asyncio.gather(*(batcher.submit(i) for i in (1, 3, 2)),
+                                   return_exceptions=True)
+
+        later = await batcher.submit(5)  # still usable
+        return [*out, later]
 
     out = asyncio.run(main())
-    assert out[0] == 2 and isinstance(out[1], TypeError) and out[2] == 4
-    assert handler.calls == [[1, 2]]
+    assert out[0] == 2 and isinstance(out[1], TypeError) and out[2] == 4 and out[3] == 10
+    assert handler.calls == [[1, 2], [5]]
+
+
+@pytest.mark.parametrize("weight", [0, -1, 2.5])
+def test_a_weight_that_is_not_a_positive_integer_is_refused(weight):
+    async def main() -> None:
+        await LoopBatcher(Recorder(), weight=lambda i: weight).submit(1)
+
+    with pytest.raises(ValueError, match="positive integer"):
+        asyncio.run(main())
+
+
+def test_the_maximum_weight_reached_while_gathering_ends_the_wait_every_time():
+    """Items trickling in one every other pass: each call closes when they weigh the
+    maximum, call after call (the weight counted anew for each call)."""
+    handler = Recorder()
+
+    async def main() -> list[int]:
+        batcher = LoopBatcher(handler, weight=lambda i: 1, max_weight=3, patience=1000)
+        return await asyncio.gather(*(_after(2 * i, batcher, i) for i in range(9)))
+
+    assert asyncio.run(main()) == [2 * i for i in range(9)]
+    assert handler.calls == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_a_call_takes_its_items_after_max_wait_even_if_more_keep_coming():
+    handler = Recorder()
+
+    async def main() -> None:
+        batcher = LoopBatcher(handler, max_weight=10**9, patience=1000, max_wait=0.02)
+        stop = asyncio.Event()
+
+        async def stream() -> None:  # an item every pass, never quiet
+            i = 0
+            while not stop.is_set():
+                asyncio.ensure_future(batcher.submit(i))
+                i += 1
+                await asyncio.sleep(0)
+
+        feeding = asyncio.ensure_future(stream())
+        while not handler.calls:
+            await asyncio.sleep(0)
+        stop.set()
+        await feeding
+
+    asyncio.run(main())
+    assert handler.calls[0][0] == 0 and len(handler.calls[0]) > 1
+
+
+def test_a_flush_cancelled_while_gathering_cancels_its_items_and_leaves_the_batcher_usable():
+    handler = Recorder()
+
+    async def main() -> tuple[object, int]:
+        batcher = LoopBatcher(handler, patience=1000)
+        waiting = asyncio.ensure_future(batcher.submit(1))
+        await _passes(5)  # the flush is gathering
+        assert not handler.calls
+        for task in list(batcher._flushing):
+            task.cancel()
+        gone = await asyncio.gather(waiting, return_exceptions=True)
+        assert batcher._pending == [] and batcher._pending_weight == 0  # nothing left over
+        batcher._patience = 0
+        return gone[0], await batcher.submit(5)
+
+    gone, later = asyncio.run(main())
+    assert isinstance(gone, asyncio.CancelledError) and later == 10
+    assert handler.calls == [[5]]

@@ -95,6 +95,23 @@ def test_bind_needs_keys_off_loopback():
     assert is_loopback("127.0.0.1") and not is_loopback("0.0.0.0")
 
 
+def test_whole_number_settings_are_checked_by_name(monkeypatch):
+    from serving.service import LeadScoringService, _env_int
+
+    name = "LEADSCORE_BATCH_PATIENCE"
+    monkeypatch.delenv(name, raising=False)
+    assert _env_int(name, 8, high=1000) == 8
+    for raw, value in (("0", 0), (" 12 ", 12), ("1e3", 1000), ("", 8)):
+        monkeypatch.setenv(name, raw)
+        assert _env_int(name, 8, high=1000) == value
+    for raw in ("nan", "inf", "-1", "2.5", "1001", "eight"):
+        monkeypatch.setenv(name, raw)
+        with pytest.raises(ValueError, match=f"{name}=.*from 0 to 1000"):
+            _env_int(name, 8, high=1000)
+    with pytest.raises(ValueError, match=name):  # the service refuses to start
+        LeadScoringService.inner()
+
+
 def test_bearer_keys_are_compared_exactly():
     keys = parse_api_keys(" a1 ,b2,, ")
     assert keys == (b"a1", b"b2")
