@@ -5,8 +5,9 @@ request is waiting on its socket), and more over the next few passes. :class:`Lo
 hands the items submitted over consecutive passes to a single call of its handler, so what
 costs the same for one lead as for ten (the feature kernels' numpy set-up, a call into the
 booster) is paid once per batch. Nothing waits on a timer: a call takes its items once a few
-passes of the loop (``patience``) went by without a new one, or once they weigh enough. An
-item submitted alone waits only those few passes (microseconds on an idle loop), so an idle
+passes of the loop (``patience``) went by without a new one, once they weigh enough, or
+once ``max_wait`` is over while more keep coming (checked at each pass). An item submitted
+alone waits only those few passes (microseconds on an idle loop), so an idle
 server answers about as fast as without batching, and a loaded one batches more.
 """
 
