@@ -633,16 +633,11 @@ async def _receive_body(receive: Any, limit: int, length: bytes | None) -> bytes
     return b"".join(chunks)
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def _env_int(name: str, default: int, *, low: int = 0, high: int | None = None) -> int:
-    """A whole number from the environment (``1e6`` reads as 1000000), ``default`` when
-    unset; a ValueError naming the variable when it is not a whole number in range."""
+def _env_number(name: str, default: float, *, low: float = 0, high: float | None = None,
+                whole: bool = False) -> Any:
+    """A number from the environment, ``default`` when unset; a ValueError naming the
+    variable when it is not a finite number in range (``whole``: a whole number, read as
+    an int; ``1e6`` reads as 1000000)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -650,10 +645,11 @@ def _env_int(name: str, default: int, *, low: int = 0, high: int | None = None) 
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (value.is_integer() and value >= low and (high is None or value <= high)):
-        bounds = f"at least {low}" if high is None else f"from {low} to {high}"
-        raise ValueError(f"{name}={raw!r}: expected a whole number {bounds}")
-    return int(value)
+    if not (math.isfinite(value) and value >= low and (high is None or value <= high)
+            and (value.is_integer() or not whole)):
+        bounds = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+        raise ValueError(f"{name}={raw!r}: expected a {'whole ' if whole else ''}number {bounds}")
+    return int(value) if whole else value
 
 
 # -- the BentoML service -----------------------------------------------------------------------
@@ -686,9 +682,11 @@ class LeadScoringService:
             check_bind_allowed(host, os.environ.get("LEADSCORE_API_KEYS", ""))
         self.workdir = Path(os.environ.get("LEADSCORE_WORKDIR", "."))
         self.model_uri = os.environ.get("LEADSCORE_MODEL_URI") or None
-        self.max_body = _env_int("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES, low=1)
-        self.large_body = _env_int("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES, low=1)
-        self.reload_seconds = _env_float("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
+        self.max_body = _env_number("LEADSCORE_MAX_BODY_BYTES", T.MAX_BODY_BYTES, low=1,
+                                    whole=True)
+        self.large_body = _env_number("LEADSCORE_LARGE_BODY_BYTES", T.LARGE_BODY_BYTES, low=1,
+                                      whole=True)
+        self.reload_seconds = _env_number("LEADSCORE_RELOAD_SECONDS", _RELOAD_DEFAULT_SECONDS)
         self._state: ScorerState | None = None
         self._failed_version: str | None = None  # a champion that did not load (GET /model)
         self._retries = 0  # its failures after the first
@@ -699,13 +697,13 @@ class LeadScoringService:
         # small requests of a model whose reasons are slow: LightGBM releases the GIL in its
         # trees, the event loop goes on; a short GIL switch interval hands the result back
         # quickly (tail latency)
-        sys.setswitchinterval(_env_float("LEADSCORE_SWITCH_INTERVAL", 0.001))
+        sys.setswitchinterval(_env_number("LEADSCORE_SWITCH_INTERVAL", 0.001, low=1e-6))
         self._trees = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadscore-trees")
         #: small event requests received over consecutive passes of the loop, scored together
         self.batcher: LoopBatcher[_Pending, bytes | Response] = LoopBatcher(
             self.score_batch, max_weight=_BATCH_MAX_WEIGHT,
-            patience=_env_int("LEADSCORE_BATCH_PATIENCE", _BATCH_PATIENCE,
-                              high=_BATCH_MAX_PATIENCE),
+            patience=_env_number("LEADSCORE_BATCH_PATIENCE", _BATCH_PATIENCE,
+                                 high=_BATCH_MAX_PATIENCE, whole=True),
             max_wait=_BATCH_MAX_WAIT_SECONDS,
             weight=lambda item: len(item.body) + _BATCH_LEAD_BYTES * len(item.request.leads))
         threading.Thread(target=self._background, name="leadscore-loader", daemon=True).start()

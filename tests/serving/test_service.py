@@ -95,21 +95,32 @@ def test_bind_needs_keys_off_loopback():
     assert is_loopback("127.0.0.1") and not is_loopback("0.0.0.0")
 
 
-def test_whole_number_settings_are_checked_by_name(monkeypatch):
-    from serving.service import LeadScoringService, _env_int
+def test_numeric_settings_are_checked_by_name(monkeypatch):
+    """A setting that is not a finite number in range (a whole one where it counts) stops
+    the service at start-up with its name, rather than being ignored."""
+    from serving.service import LeadScoringService, _env_number
 
     name = "LEADSCORE_BATCH_PATIENCE"
     monkeypatch.delenv(name, raising=False)
-    assert _env_int(name, 8, high=1000) == 8
+    assert _env_number(name, 8, high=1000, whole=True) == 8
     for raw, value in (("0", 0), (" 12 ", 12), ("1e3", 1000), ("", 8)):
         monkeypatch.setenv(name, raw)
-        assert _env_int(name, 8, high=1000) == value
+        got = _env_number(name, 8, high=1000, whole=True)
+        assert got == value and type(got) is int
     for raw in ("nan", "inf", "-1", "2.5", "1001", "eight"):
         monkeypatch.setenv(name, raw)
-        with pytest.raises(ValueError, match=f"{name}=.*from 0 to 1000"):
-            _env_int(name, 8, high=1000)
+        with pytest.raises(ValueError, match=f"{name}=.*whole number from 0 to 1000"):
+            _env_number(name, 8, high=1000, whole=True)
     with pytest.raises(ValueError, match=name):  # the service refuses to start
         LeadScoringService.inner()
+    monkeypatch.delenv(name)
+    seconds = "LEADSCORE_RELOAD_SECONDS"
+    monkeypatch.setenv(seconds, "2.5")
+    assert _env_number(seconds, 30.0) == 2.5
+    for raw in ("soon", "-1", "inf"):
+        monkeypatch.setenv(seconds, raw)
+        with pytest.raises(ValueError, match=f"{seconds}=.*number at least 0"):
+            LeadScoringService.inner()
 
 
 def test_bearer_keys_are_compared_exactly():
