@@ -22,6 +22,7 @@ __all__ = ["LoopBatcher"]
 
 I = TypeVar("I")
 R = TypeVar("R")
+_Entry = tuple[I, asyncio.Future[R], int]  # a pending item, its submitter's future, its weight
 
 
 class LoopBatcher(Generic[I, R]):
@@ -56,7 +57,7 @@ class LoopBatcher(Generic[I, R]):
         self._max_weight = max_weight
         self._patience = patience
         self._max_wait = max_wait
-        self._pending: list[tuple[I, asyncio.Future[R], int]] = []  # item, future, weight
+        self._pending: list[_Entry[I, R]] = []
         self._pending_weight = 0
         self._next: asyncio.Task[None] | None = None  # the flush that will take new items
         self._flushing: set[asyncio.Task[None]] = set()
@@ -129,14 +130,13 @@ class LoopBatcher(Generic[I, R]):
                 if not future.done():
                     future.cancel()
 
-    def _batches(self, pending: list[tuple[I, asyncio.Future[R], int]]
-                 ) -> list[list[tuple[I, asyncio.Future[R], int]]]:
+    def _batches(self, pending: list[_Entry[I, R]]) -> list[list[_Entry[I, R]]]:
         """``pending`` in order, cut into runs of at most ``max_weight`` (one item at least)."""
-        batches: list[list[tuple[I, asyncio.Future[R], int]]] = []
-        current: list[tuple[I, asyncio.Future[R], int]] = []
+        batches: list[list[_Entry[I, R]]] = []
+        current: list[_Entry[I, R]] = []
         total = 0
         for entry in pending:
-            w = entry[2]
+            w = entry[2]  # its weight
             if current and total + w > self._max_weight:
                 batches.append(current)
                 current, total = [], 0
