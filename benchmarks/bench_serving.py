@@ -6,7 +6,9 @@ Everything runs side by side in one run, on loopback, against the same logged mo
 * ``leadscore``: ``bentoml serve serving.service:LeadScoringService`` (1 worker, API key on),
   single-lead requests carrying 50 events (features computed per request) with reasons
   ``all``, ``top`` and ``none`` (``--reasons``), then 100-lead requests (reasons all / top /
-  none), then a soak at concurrency 16.
+  none) on that server and on one with a worker per CPU (``--bulk-workers``, each worker
+  pinned to its CPU: ``LEADSCORE_CPU_AFFINITY=auto``), taking turns for ``--bulk-rounds``
+  rounds, then a soak at concurrency 16.
 * ``mlflow``: ``mlflow models serve --env-manager local -m models:/lead-scoring@champion``
   with the same lead as a ``dataframe_split`` (the columns of the model's signature).
 * ``bare-starlette`` / ``bare-fastapi``: uvicorn + one endpoint that reads the body and calls
@@ -171,6 +173,12 @@ class Process:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+#: 100-lead bodies: (body, run name)
+_BULK_RUNS = (("hundred_all", "100x50ev_reasons_all"), ("hundred_top", "100x50ev_reasons_top"),
+              ("hundred_none", "100x50ev_reasons_none"), ("recent_all", "100_recent_reasons_all"),
+              ("recent_none", "100_recent_reasons_none"))
 
 
 def hey(url: str, body: Path, *, seconds: float, concurrency: int,
@@ -359,7 +367,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--skip-mlflow", action="store_true")
     ap.add_argument("--skip-batches", action="store_true", help="skip the 100-lead requests")
-    ap.add_argument("--workers", type=int, default=1, help="LEADSCORE_WORKERS of our service")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="LEADSCORE_WORKERS of our service for the single-lead runs and the soak")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ap.add_argument("--bulk-workers", type=lambda v: sorted({int(w) for w in v.split(",")}),
+                    default=sorted({1, cpus}),
+                    help="worker counts for the 100-lead requests, one server each, side by side "
+                         "(default: 1 and the CPU count)")
+    ap.add_argument("--bulk-rounds", type=int, default=2, help="rounds of the 100-lead requests")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.reasons.split(",") if m.strip()]
@@ -398,11 +413,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 1. single leads: our service in each reasons mode and the bare ceilings, side by side
     port = free_port()
+    ours_env = {**base_env, "LEADSCORE_WORKDIR": str(workdir), "LEADSCORE_API_KEYS": API_KEY,
+                "LEADSCORE_RELOAD_SECONDS": "0", "LEADSCORE_WORKERS": str(args.workers)}
     ours = start("leadscore", [str(BIN / "bentoml"), "serve", "serving.service:LeadScoringService",
-                               "--host", "127.0.0.1", "--port", str(port)],
-                 {**base_env, "LEADSCORE_WORKDIR": str(workdir), "LEADSCORE_API_KEYS": API_KEY,
-                  "LEADSCORE_RELOAD_SECONDS": "0", "LEADSCORE_WORKERS": str(args.workers)},
-                 port, "/readyz")
+                               "--host", "127.0.0.1", "--port", str(port)], ours_env, port, "/readyz")
     servers = [ours]
     try:
         import httpx
@@ -434,18 +448,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for p in bare.values():
             p.stop()
 
-        # 2. 100-lead requests and the soak
+        # 2. 100-lead requests, one server per worker count, side by side; then the soak
         if not args.skip_batches:
-            for body, name in (("hundred_all", "100x50ev_reasons_all"),
-                               ("hundred_top", "100x50ev_reasons_top"),
-                               ("hundred_none", "100x50ev_reasons_none"),
-                               ("recent_all", "100_recent_reasons_all"),
-                               ("recent_none", "100_recent_reasons_none")):
-                r = run_load(ours, "/score", bodies[body], seconds=d, concurrency=c, headers=auth)
-                r["leads_per_second"] = round(r["rps"] * 100, 1)
-                r["events_per_request"] = sum(len(lead.get("events", []))
-                                              for lead in json.loads(bodies[body].read_text())["leads"])
-                runs[f"leadscore_{name}"] = r
+            bulk = {args.workers: ours}
+            for w in args.bulk_workers:
+                if w not in bulk:
+                    bport = free_port()
+                    bulk[w] = start(f"leadscore-w{w}", [str(BIN / "bentoml"), "serve",
+                                                        "serving.service:LeadScoringService",
+                                                        "--host", "127.0.0.1", "--port", str(bport)],
+                                    {**ours_env, "LEADSCORE_WORKERS": str(w)}, bport, "/readyz")
+                    servers.append(bulk[w])
+            bulk_rounds: dict[str, list[dict[str, Any]]] = {}
+            for r in range(args.bulk_rounds):
+                for body, name in _BULK_RUNS:
+                    for w in args.bulk_workers:
+                        bulk_rounds.setdefault(f"leadscore_w{w}_{name}", []).append(
+                            run_load(bulk[w], "/score", bodies[body], seconds=d, concurrency=c,
+                                     headers=auth, warmup=3 if r == 0 else 1))
+            for (body, name), w in [(b, w) for b in _BULK_RUNS for w in args.bulk_workers]:
+                run = runs[f"leadscore_w{w}_{name}"] = combine(bulk_rounds[f"leadscore_w{w}_{name}"])
+                run["workers"], run["leads_per_second"] = w, round(run["rps"] * 100, 1)
+                run["events_per_request"] = sum(
+                    len(lead.get("events", [])) for lead in json.loads(bodies[body].read_text())["leads"])
+            for w, p in bulk.items():
+                if p is not ours:
+                    p.stop()
         if args.soak:
             runs["leadscore_soak_c16"] = run_load(ours, "/score", bodies["single"], seconds=args.soak,
                                                   concurrency=16, headers=auth)

@@ -652,10 +652,57 @@ def _env_number(name: str, default: float, *, low: float = 0, high: float | None
     return int(value) if whole else value
 
 
+_AFFINITY_MODES = ("auto", "on", "off")
+
+
+def worker_cpu(mode: str, worker: int | None, workers: int, allowed: set[int]) -> int | None:
+    """The CPU worker process number ``worker`` (1-based) is pinned to, or None to leave it to
+    the OS.
+
+    A worker's Python code holds the GIL, so it uses about one core however many threads it
+    has; its event loop and scoring thread handing the GIL to each other across two cores
+    cost up to 1.5x the CPU of the same work on one (BENCHMARKS.md). ``on`` pins worker i to
+    the i-th CPU it may use (round robin); ``auto`` does so only when there are as many
+    workers as such CPUs, one each (a lone worker on a shared host is left free to move);
+    ``off`` never pins.
+    """
+    if mode not in _AFFINITY_MODES:
+        raise ValueError(f"LEADSCORE_CPU_AFFINITY={mode!r}: expected one of "
+                         f"{', '.join(_AFFINITY_MODES)}")
+    cpus = sorted(allowed)
+    if mode == "off" or worker is None or not cpus or (mode == "auto" and workers != len(cpus)):
+        return None
+    return cpus[(worker - 1) % len(cpus)]
+
+
+def _pin_worker(workers: int) -> None:
+    """Pin this worker process, every thread of it, to its CPU (see :func:`worker_cpu`)."""
+    from bentoml._internal.context import server_context
+
+    mode = os.environ.get("LEADSCORE_CPU_AFFINITY", "auto").strip().lower() or "auto"
+    if not hasattr(os, "sched_getaffinity"):  # not Linux: worker_cpu still checks the mode
+        worker_cpu(mode, None, workers, set())
+        return
+    cpu = worker_cpu(mode, server_context.worker_index, workers, os.sched_getaffinity(0))
+    if cpu is None:
+        return
+    tasks = Path("/proc/self/task")
+    for tid in [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [0]:
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except (ProcessLookupError, OSError):  # a thread that has ended
+            continue
+    log.info("worker %s pinned to CPU %d", server_context.worker_index, cpu)
+
+
+#: worker processes (``LEADSCORE_WORKERS``, default 1), each its own model and event loop
+_WORKERS = _env_number("LEADSCORE_WORKERS", 1, low=1, high=256, whole=True)
+
+
 # -- the BentoML service -----------------------------------------------------------------------
 @bentoml.service(
     name=SERVICE_NAME,
-    workers=int(os.environ.get("LEADSCORE_WORKERS", "1")),
+    workers=_WORKERS,
     traffic={"timeout": 60},
     http={"host": "127.0.0.1", "port": 3000},
     metrics={"enabled": os.environ.get("LEADSCORE_METRICS", "0") == "1"},
@@ -672,11 +719,13 @@ class LeadScoringService:
     ``LEADSCORE_API_KEYS``, ``LEADSCORE_RELOAD_SECONDS`` (default 30, 0: no poll),
     ``LEADSCORE_MAX_BODY_BYTES``, ``LEADSCORE_LARGE_BODY_BYTES`` (bodies above it are
     decoded lead by lead in a thread), ``LEADSCORE_BATCH_PATIENCE`` (default 8 passes of the
-    loop), ``LEADSCORE_WORKERS``.
+    loop), ``LEADSCORE_WORKERS`` (worker processes, default 1), ``LEADSCORE_CPU_AFFINITY``
+    (``auto``: one worker per CPU when there are as many workers as CPUs; ``on``, ``off``).
     """
 
     def __init__(self) -> None:
         _setup_logging()
+        _pin_worker(_WORKERS)
         self.keys = parse_api_keys(os.environ.get("LEADSCORE_API_KEYS"))
         for host in _listening_hosts():
             check_bind_allowed(host, os.environ.get("LEADSCORE_API_KEYS", ""))
