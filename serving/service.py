@@ -88,9 +88,11 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   checks for ``/score``, ``/model`` and ``/reload``: the scheme in any case (RFC 7235), the
   key's bytes compared in constant time with each key; without keys the service only starts
   on, and only answers on, a loopback address.
-* LightGBM runs with ``num_threads=1``; one worker process by default (``LEADSCORE_WORKERS``:
-  with 2, one run under load gave 729 requests/s with reasons, 0.49× a bare endpoint run as
-  one process; BENCHMARKS.md). BentoML's access log and metrics are off by default
+* LightGBM runs with ``num_threads=1``; one worker process by default (``LEADSCORE_WORKERS``);
+  with as many workers as CPUs each is pinned to its own (:func:`worker_cpu`,
+  ``LEADSCORE_CPU_AFFINITY``), so its event loop and scoring thread share one core's caches
+  instead of handing the GIL across two. For 100-lead requests on two cores, two pinned
+  workers beat one (BENCHMARKS.md). BentoML's access log and metrics are off by default
   (``LEADSCORE_ACCESS_LOG=1``, ``LEADSCORE_METRICS=1``), tracing of the API paths too
   (``LEADSCORE_TRACING=1``).
 """
