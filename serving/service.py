@@ -24,9 +24,8 @@ Endpoints
     Load the registry's current champion now (it is also polled every
     ``LEADSCORE_RELOAD_SECONDS``, default 30; 0 turns the poll off). Answers as ``GET /model``,
     with ``reload_error`` (the kind of failure) when the champion could not be loaded: a
-    model that answers keeps answering. With ``LEADSCORE_WORKERS`` > 1 the request reaches
-    one worker process only; every worker polls the alias itself, so the others follow
-    within one poll interval.
+    model that answers keeps answering. With ``LEADSCORE_WORKERS`` > 1 the worker that
+    answers tells the others (:class:`ReloadSignal`), which reload within a second.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of these endpoints (both request shapes, response schemas).
 ``GET /healthz``, ``/livez``, ``/readyz``
@@ -221,6 +220,51 @@ def _listening_hosts() -> list[str]:
             except (ValueError, OSError):
                 continue
     return hosts
+
+
+# -- reloads reaching every worker ---------------------------------------------------------------
+class ReloadSignal:
+    """``POST /reload`` on one worker process reaches the others of the same server.
+
+    The worker that answered it touches a file the workers share (named after their parent,
+    BentoML's arbiter, in a directory of the user's own); every worker looks at the file's
+    time once a second and reloads when it changed. A file left by an earlier server whose
+    parent had the same process id is only seen as changed once it is touched again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = self._mtime()
+
+    @classmethod
+    def for_workers(cls, workers: int) -> ReloadSignal | None:
+        """The signal of this worker's server, or None with a single worker."""
+        if workers < 2:
+            return None
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / f"leadscore-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return cls(folder / f"reload-{os.getppid()}")
+
+    def _mtime(self) -> int:
+        try:
+            return self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def send(self) -> None:
+        """Tell the other workers (this one has reloaded already)."""
+        self.path.touch()
+        self._seen = self._mtime()
+
+    def received(self) -> bool:
+        """Whether another worker sent the signal since this one last looked."""
+        mtime = self._mtime()
+        if mtime > self._seen:
+            self._seen = mtime
+            return True
+        return False
 
 
 # -- scorer state ------------------------------------------------------------------------------
@@ -557,6 +601,8 @@ async def reload(request: Request) -> Response:
         return denied
     await svc.wait_state()
     state, failure = await asyncio.to_thread(svc.reload_report, force=True)
+    if svc.reload_signal is not None:  # the other workers reload too
+        svc.reload_signal.send()
     info = svc.model_info(state)
     if failure is not None:
         info["reload_error"] = failure
@@ -745,6 +791,8 @@ class LeadScoringService:
         self._reload_lock = threading.Lock()
         self._ready = threading.Event()
         self._stop = threading.Event()
+        #: with several workers, POST /reload on one reaches the others
+        self.reload_signal = ReloadSignal.for_workers(_WORKERS)
         # small requests of a model whose reasons are slow: LightGBM releases the GIL in its
         # trees, the event loop goes on; a short GIL switch interval hands the result back
         # quickly (tail latency)
@@ -778,11 +826,22 @@ class LeadScoringService:
             log.warning("tracking store unavailable (%s)", type(e).__name__)
         self.reload(force=True)
         self._ready.set()
-        while self.reload_seconds > 0 and not self._stop.wait(self.reload_seconds):
+        signal, every = self.reload_signal, self.reload_seconds
+        if signal is None and every <= 0:
+            return
+        tick = every if signal is None else min(every or 1.0, 1.0)
+        next_poll = time.monotonic() + every
+        while not self._stop.wait(tick):
             try:
-                self.reload(force=False)
+                if signal is not None and signal.received():
+                    self.reload(force=True)  # another worker answered POST /reload
+                elif every > 0 and time.monotonic() >= next_poll:
+                    self.reload(force=False)
+                else:
+                    continue
             except Exception as e:  # never let the poll die
                 log.warning("champion poll failed (%s)", type(e).__name__)
+            next_poll = time.monotonic() + every
 
     def _champion_version(self) -> tuple[str | None, str | None]:
         """The champion's version, or None and why (the kind of failure only)."""

@@ -1,10 +1,11 @@
 """The HTTP service with two worker processes: a real ``bentoml serve`` with
 ``LEADSCORE_WORKERS=2`` and ``LEADSCORE_CPU_AFFINITY=on`` on its own SQLite MLflow store
-(polled every second), real HTTP clients on new connections.
+(not polled), real HTTP clients on new connections.
 
 - each worker process, every thread of it, is pinned to one CPU, a different one for each
   when the machine lets the tests use two;
-- every worker answers with the champion, and follows a newly promoted one by its own poll.
+- every worker answers with the champion; with the alias poll off, a ``POST /reload``
+  answered by one worker makes every worker load the new champion.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def workers_store(session_dir: Path, trained, kit) -> Path:
 
 @pytest.fixture(scope="module")
 def two_workers(workers_store: Path, session_dir: Path, kit):
-    srv = kit.start_server(workers_store, session_dir, reload_seconds=1,
+    srv = kit.start_server(workers_store, session_dir, reload_seconds=0,
                            extra_env={"LEADSCORE_WORKERS": "2", "LEADSCORE_CPU_AFFINITY": "on"})
     try:
         kit.wait_ready(srv)
@@ -115,10 +116,37 @@ def _versions_seen(srv, n: int = 24) -> set[tuple[str, str]]:
     return seen
 
 
-def test_every_worker_answers_and_follows_a_new_champion(two_workers, workers_store, trained, kit):
+def _loads(srv, version: str) -> int:
+    """How many workers have logged loading ``version``."""
+    return srv.log_text().count(f"scorer loaded: model lead-scoring version {version} ")
+
+
+def test_a_reload_answered_by_one_worker_reaches_every_worker(two_workers, workers_store,
+                                                              trained, kit):
     assert _versions_seen(two_workers) == {("model", "1")}
+    assert _loads(two_workers, "1") == 2
     new = kit.register(workers_store, trained.model)
-    deadline = time.monotonic() + 60
-    while (seen := _versions_seen(two_workers)) != {("model", new)}:
-        assert time.monotonic() < deadline, f"the workers still answer {seen}"
-        time.sleep(0.5)
+    time.sleep(2.5)  # the signal is looked at every second: nothing was sent
+    assert _versions_seen(two_workers) == {("model", "1")} and _loads(two_workers, new) == 0
+    with two_workers.client() as c:
+        assert c.post("/reload").json()["version"] == new
+    deadline = time.monotonic() + 30
+    while _loads(two_workers, new) < 2:
+        assert time.monotonic() < deadline, "the other worker never reloaded"
+        time.sleep(0.3)
+    assert _versions_seen(two_workers) == {("model", new)}
+    assert _loads(two_workers, new) == 2  # once each: the worker that answered not twice
+
+
+def test_the_reload_signal_is_seen_once_and_not_by_its_sender(tmp_path):
+    from serving.service import ReloadSignal
+
+    path = tmp_path / "reload-1"
+    path.touch()  # left by an earlier server whose parent had the same process id
+    os.utime(path, ns=(1, 1))
+    sender, other = ReloadSignal(path), ReloadSignal(path)
+    assert not other.received()
+    sender.send()
+    assert not sender.received()
+    assert other.received() and not other.received()
+    assert ReloadSignal.for_workers(1) is None
