@@ -243,8 +243,15 @@ class ReloadSignal:
             return None
         import tempfile
 
-        folder = Path(tempfile.gettempdir()) / f"leadscore-{os.getuid()}"
-        folder.mkdir(mode=0o700, exist_ok=True)
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        folder = Path(tempfile.gettempdir()) / f"leadscore-{uid}"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if hasattr(os, "getuid") and folder.stat().st_uid != uid:
+                raise PermissionError("owned by another user")
+        except OSError as e:  # the poll still brings every worker to the champion
+            log.warning("POST /reload will reach one worker only (%s)", type(e).__name__)
+            return None
         return cls(folder / f"reload-{os.getppid()}")
 
     def _mtime(self) -> int:
@@ -709,7 +716,7 @@ def worker_cpu(mode: str, worker: int | None, workers: int, allowed: set[int]) -
 
     A worker's Python code holds the GIL, so it uses about one core however many threads it
     has; its event loop and scoring thread handing the GIL to each other across two cores
-    cost up to 1.5x the CPU of the same work on one (BENCHMARKS.md). ``on`` pins worker i to
+    cost about 1.3-1.8x the CPU of the same work on one (BENCHMARKS.md). ``on`` pins worker i to
     the i-th CPU it may use (round robin); ``auto`` does so only when there are as many
     workers as such CPUs, one each (a lone worker on a shared host is left free to move);
     ``off`` never pins.
