@@ -6,9 +6,9 @@ Everything runs side by side in one run, on loopback, against the same logged mo
 * ``leadscore``: ``bentoml serve serving.service:LeadScoringService`` (1 worker, API key on),
   single-lead requests carrying 50 events (features computed per request) with reasons
   ``all``, ``top`` and ``none`` (``--reasons``), then 100-lead requests (reasons all / top /
-  none) on that server and on one with a worker per CPU (``--bulk-workers``, each worker
-  pinned to its CPU: ``LEADSCORE_CPU_AFFINITY=auto``), taking turns for ``--bulk-rounds``
-  rounds, then a soak at concurrency 16.
+  none) on one server per worker count of ``--bulk-workers`` (default 1 and one worker per
+  CPU, each then pinned to its CPU: ``LEADSCORE_CPU_AFFINITY=auto``), taking turns for
+  ``--bulk-rounds`` rounds, then a soak at concurrency 16 on the first server.
 * ``mlflow``: ``mlflow models serve --env-manager local -m models:/lead-scoring@champion``
   with the same lead as a ``dataframe_split`` (the columns of the model's signature).
 * ``bare-starlette`` / ``bare-fastapi``: uvicorn + one endpoint that reads the body and calls
@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     default=sorted({1, cpus}),
                     help="worker counts for the 100-lead requests, one server each, side by side "
                          "(default: 1 and the CPU count)")
-    ap.add_argument("--bulk-rounds", type=int, default=2, help="rounds of the 100-lead requests")
+    ap.add_argument("--bulk-rounds", type=lambda v: max(int(v), 1), default=2,
+                    help="rounds of the 100-lead requests (at least 1)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "serving.json")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.reasons.split(",") if m.strip()]
@@ -454,11 +455,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for w in args.bulk_workers:
                 if w not in bulk:
                     bport = free_port()
-                    bulk[w] = start(f"leadscore-w{w}", [str(BIN / "bentoml"), "serve",
-                                                        "serving.service:LeadScoringService",
-                                                        "--host", "127.0.0.1", "--port", str(bport)],
-                                    {**ours_env, "LEADSCORE_WORKERS": str(w)}, bport, "/readyz")
-                    servers.append(bulk[w])
+                    bulk[w] = Process(f"leadscore-w{w}", [str(BIN / "bentoml"), "serve",
+                                                          "serving.service:LeadScoringService",
+                                                          "--host", "127.0.0.1", "--port", str(bport)],
+                                      {**ours_env, "LEADSCORE_WORKERS": str(w)},
+                                      f"http://127.0.0.1:{bport}", "/readyz", tmp)
+                    servers.append(bulk[w])  # stopped by the finally below, even if not up
+                    bulk[w].wait()
             bulk_rounds: dict[str, list[dict[str, Any]]] = {}
             for r in range(args.bulk_rounds):
                 for body, name in _BULK_RUNS:

@@ -25,7 +25,7 @@ Endpoints
     ``LEADSCORE_RELOAD_SECONDS``, default 30; 0 turns the poll off). Answers as ``GET /model``,
     with ``reload_error`` (the kind of failure) when the champion could not be loaded: a
     model that answers keeps answering. With ``LEADSCORE_WORKERS`` > 1 the worker that
-    answers tells the others (:class:`ReloadSignal`), which reload within a second.
+    answers tells the others (:class:`ReloadSignal`), which start loading within a second.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of these endpoints (both request shapes, response schemas).
 ``GET /healthz``, ``/livez``, ``/readyz``
@@ -226,52 +226,85 @@ def _listening_hosts() -> list[str]:
 class ReloadSignal:
     """``POST /reload`` on one worker process reaches the others of the same server.
 
-    The worker that answered it touches a file the workers share (named after their parent,
-    BentoML's arbiter, in a directory of the user's own); every worker looks at the file's
-    time once a second and reloads when it changed. A file left by an earlier server whose
-    parent had the same process id is only seen as changed once it is touched again.
+    The worker that answered it writes a new random token into a file the workers share
+    (named after their parent, BentoML's arbiter, in a folder only the user can reach);
+    every worker reads the file once a second and reloads when the token changed. A file
+    left by an earlier server whose parent had the same process id, or a missing file, is
+    no signal. Symbolic links are not followed, and file errors are logged, never raised:
+    at worst a reload reaches one worker, as without the signal.
     """
+
+    _TOKEN_BYTES = 8
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen = self._mtime()
+        self._lock = threading.Lock()
+        self._seen = self._read()
 
     @classmethod
     def for_workers(cls, workers: int) -> ReloadSignal | None:
-        """The signal of this worker's server, or None with a single worker."""
+        """The signal of this worker's server, or None with a single worker (or a temporary
+        folder that cannot be made private)."""
         if workers < 2:
             return None
+        import stat
         import tempfile
 
         uid = os.getuid() if hasattr(os, "getuid") else 0
         folder = Path(tempfile.gettempdir()) / f"leadscore-{uid}"
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
-            if hasattr(os, "getuid") and folder.stat().st_uid != uid:
-                raise PermissionError("owned by another user")
-        except OSError as e:  # the poll still brings every worker to the champion
-            log.warning("POST /reload will reach one worker only (%s)", type(e).__name__)
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o077 or (
+                    hasattr(os, "getuid") and st.st_uid != uid):
+                raise PermissionError("not a private folder of this user")
+        except OSError as e:
+            log.warning("POST /reload will reach one worker only; the others follow the "
+                        "alias poll when it is on (%s)", type(e).__name__)
             return None
         return cls(folder / f"reload-{os.getppid()}")
 
-    def _mtime(self) -> int:
+    def _read(self) -> bytes | None:
         try:
-            return self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # missing (or a symbolic link): no signal
+            return None
+        try:
+            return os.read(fd, 2 * self._TOKEN_BYTES)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def send(self) -> None:
         """Tell the other workers (this one has reloaded already)."""
-        self.path.touch()
-        self._seen = self._mtime()
+        token = os.urandom(self._TOKEN_BYTES).hex().encode()
+        with self._lock:
+            self._seen = token
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                         0o600)
+            try:
+                os.write(fd, token)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.warning("POST /reload reached this worker only (%s)", type(e).__name__)
 
     def received(self) -> bool:
         """Whether another worker sent the signal since this one last looked."""
-        mtime = self._mtime()
-        if mtime > self._seen:
-            self._seen = mtime
+        token = self._read()
+        with self._lock:
+            if token is None or token == self._seen:
+                return False
+            self._seen = token
             return True
-        return False
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 # -- scorer state ------------------------------------------------------------------------------
@@ -730,28 +763,42 @@ def worker_cpu(mode: str, worker: int | None, workers: int, allowed: set[int]) -
     return cpus[(worker - 1) % len(cpus)]
 
 
-def _pin_worker(workers: int) -> None:
-    """Pin this worker process, every thread of it, to its CPU (see :func:`worker_cpu`)."""
+def _worker_index() -> int | None:
+    """This BentoML worker's number (1-based), None outside a BentoML worker."""
     from bentoml._internal.context import server_context
 
-    mode = os.environ.get("LEADSCORE_CPU_AFFINITY", "auto").strip().lower() or "auto"
-    if not hasattr(os, "sched_getaffinity"):  # not Linux: worker_cpu still checks the mode
-        worker_cpu(mode, None, workers, set())
+    return server_context.worker_index
+
+
+def _worker_label() -> str:
+    index = _worker_index()
+    return "" if index is None else f" (worker {index})"
+
+
+def _pin_worker(mode: str, workers: int) -> None:
+    """Pin this worker process, every thread of it, to its CPU (see :func:`worker_cpu`)."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
         return
-    cpu = worker_cpu(mode, server_context.worker_index, workers, os.sched_getaffinity(0))
+    cpu = worker_cpu(mode, _worker_index(), workers, os.sched_getaffinity(0))
     if cpu is None:
         return
     tasks = Path("/proc/self/task")
+    pinned = 0
     for tid in [int(t) for t in os.listdir(tasks)] if tasks.is_dir() else [0]:
         try:
             os.sched_setaffinity(tid, {cpu})
-        except (ProcessLookupError, OSError):  # a thread that has ended
+            pinned += 1
+        except OSError:  # a thread that has ended
             continue
-    log.info("worker %s pinned to CPU %d", server_context.worker_index, cpu)
+    if pinned:
+        log.info("worker %s pinned to CPU %d", _worker_index(), cpu)
 
 
 #: worker processes (``LEADSCORE_WORKERS``, default 1), each its own model and event loop
 _WORKERS = _env_number("LEADSCORE_WORKERS", 1, low=1, high=256, whole=True)
+#: ``LEADSCORE_CPU_AFFINITY`` (see :func:`worker_cpu`), checked before any worker starts
+_CPU_AFFINITY = os.environ.get("LEADSCORE_CPU_AFFINITY", "auto").strip().lower() or "auto"
+worker_cpu(_CPU_AFFINITY, None, _WORKERS, set())
 
 
 # -- the BentoML service -----------------------------------------------------------------------
@@ -780,7 +827,7 @@ class LeadScoringService:
 
     def __init__(self) -> None:
         _setup_logging()
-        _pin_worker(_WORKERS)
+        _pin_worker(_CPU_AFFINITY, _WORKERS)
         self.keys = parse_api_keys(os.environ.get("LEADSCORE_API_KEYS"))
         for host in _listening_hosts():
             check_bind_allowed(host, os.environ.get("LEADSCORE_API_KEYS", ""))
@@ -821,6 +868,8 @@ class LeadScoringService:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self._stop.set()
+        if self.reload_signal is not None:
+            self.reload_signal.remove()
         self._trees.shutdown(wait=False)
 
     def _background(self) -> None:
@@ -841,14 +890,13 @@ class LeadScoringService:
         while not self._stop.wait(tick):
             try:
                 if signal is not None and signal.received():
+                    next_poll = time.monotonic() + every
                     self.reload(force=True)  # another worker answered POST /reload
                 elif every > 0 and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + every
                     self.reload(force=False)
-                else:
-                    continue
             except Exception as e:  # never let the poll die
                 log.warning("champion poll failed (%s)", type(e).__name__)
-            next_poll = time.monotonic() + every
 
     def _champion_version(self) -> tuple[str | None, str | None]:
         """The champion's version, or None and why (the kind of failure only)."""
@@ -918,8 +966,8 @@ class LeadScoringService:
             state.rules = _rules_of(state.scorer, rules)
             self._state = state
             info = state.info()
-            log.info("scorer loaded: %s %s version %s in %.1fs", info["scorer"], info["name"],
-                     info["version"], time.perf_counter() - started)
+            log.info("scorer loaded: %s %s version %s in %.1fs%s", info["scorer"], info["name"],
+                     info["version"], time.perf_counter() - started, _worker_label())
             return state, failure
 
     def model_info(self, state: ScorerState) -> dict[str, Any]:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -39,23 +40,22 @@ def test_which_cpu_a_worker_is_pinned_to():
         worker_cpu("pin", 1, 1, cpus)
 
 
-def test_a_bad_affinity_or_worker_count_stops_the_service_by_name(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"LEADSCORE_WORKERS": "0"}, "LEADSCORE_WORKERS='0': expected a whole number from 1 to 256"),
+    ({"LEADSCORE_CPU_AFFINITY": "sometimes"},
+     "LEADSCORE_CPU_AFFINITY='sometimes': expected one of auto, on, off"),
+])
+def test_a_bad_affinity_or_worker_count_stops_the_service_by_name(setting, message):
+    """Checked when the service is defined, before BentoML starts any worker."""
     import subprocess
     import sys
 
-    from serving.service import LeadScoringService
-
-    monkeypatch.setenv("LEADSCORE_CPU_AFFINITY", "sometimes")
-    monkeypatch.setenv("LEADSCORE_RELOAD_SECONDS", "0")
-    monkeypatch.setenv("LEADSCORE_WORKDIR", str(tmp_path))
-    with pytest.raises(ValueError, match="LEADSCORE_CPU_AFFINITY='sometimes'"):
-        LeadScoringService.inner()
-    env = {**os.environ, "LEADSCORE_WORKERS": "0"}
-    env.pop("LEADSCORE_CPU_AFFINITY")
-    done = subprocess.run([sys.executable, "-c", "import serving.service"], env=env, check=False,
-                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADSCORE_")}
+    done = subprocess.run([sys.executable, "-c", "import serving.service"], env={**env, **setting},
+                          check=False, capture_output=True, text=True,
+                          cwd=Path(__file__).parents[2])
     assert done.returncode != 0
-    assert "LEADSCORE_WORKERS='0': expected a whole number from 1 to 256" in done.stderr
+    assert message in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,11 @@ def two_workers(workers_store: Path, session_dir: Path, kit):
     srv = kit.start_server(workers_store, session_dir, reload_seconds=0,
                            extra_env={"LEADSCORE_WORKERS": "2", "LEADSCORE_CPU_AFFINITY": "on"})
     try:
-        kit.wait_ready(srv)
+        kit.wait_ready(srv)  # one worker is ready: wait for the other too
+        deadline = time.monotonic() + 60
+        while _loads(srv, "1") != {1, 2}:
+            assert time.monotonic() < deadline, srv.log_text()[-2000:]
+            time.sleep(0.2)
         yield srv
     finally:
         kit.stop_server(srv)
@@ -116,37 +120,54 @@ def _versions_seen(srv, n: int = 24) -> set[tuple[str, str]]:
     return seen
 
 
-def _loads(srv, version: str) -> int:
-    """How many workers have logged loading ``version``."""
-    return srv.log_text().count(f"scorer loaded: model lead-scoring version {version} ")
+def _loads(srv, version: str) -> set[int]:
+    """The workers that have logged loading ``version``."""
+    pattern = rf"scorer loaded: model lead-scoring version {version} in \S+ \(worker (\d+)\)"
+    return {int(w) for w in re.findall(pattern, srv.log_text())}
 
 
 def test_a_reload_answered_by_one_worker_reaches_every_worker(two_workers, workers_store,
                                                               trained, kit):
     assert _versions_seen(two_workers) == {("model", "1")}
-    assert _loads(two_workers, "1") == 2
     new = kit.register(workers_store, trained.model)
     time.sleep(2.5)  # the signal is looked at every second: nothing was sent
-    assert _versions_seen(two_workers) == {("model", "1")} and _loads(two_workers, new) == 0
+    assert _versions_seen(two_workers) == {("model", "1")} and _loads(two_workers, new) == set()
     with two_workers.client() as c:
         assert c.post("/reload").json()["version"] == new
     deadline = time.monotonic() + 30
-    while _loads(two_workers, new) < 2:
+    while _loads(two_workers, new) != {1, 2}:
         assert time.monotonic() < deadline, "the other worker never reloaded"
         time.sleep(0.3)
     assert _versions_seen(two_workers) == {("model", new)}
-    assert _loads(two_workers, new) == 2  # once each: the worker that answered not twice
+    time.sleep(1.5)  # the worker that answered does not take its own signal
+    assert two_workers.log_text().count(f"version {new} in ") == 2
 
 
 def test_the_reload_signal_is_seen_once_and_not_by_its_sender(tmp_path):
     from serving.service import ReloadSignal
 
     path = tmp_path / "reload-1"
-    path.touch()  # left by an earlier server whose parent had the same process id
-    os.utime(path, ns=(1, 1))
+    path.write_bytes(b"0123456789abcdef")  # left by an earlier server of the same parent pid
     sender, other = ReloadSignal(path), ReloadSignal(path)
     assert not other.received()
     sender.send()
     assert not sender.received()
     assert other.received() and not other.received()
+    sender.send()
+    sender.send()
+    assert other.received() and not other.received()  # two signals before a look: one reload
+    path.unlink()  # removed when a worker stops: no signal
+    assert not other.received() and not sender.received()
     assert ReloadSignal.for_workers(1) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "O_NOFOLLOW"), reason="POSIX")
+def test_the_reload_signal_does_not_follow_symbolic_links(tmp_path):
+    from serving.service import ReloadSignal
+
+    target = tmp_path / "someone-elses-file"
+    target.write_bytes(b"keep")
+    (tmp_path / "reload-1").symlink_to(target)
+    signal = ReloadSignal(tmp_path / "reload-1")
+    signal.send()  # logged, not raised
+    assert target.read_bytes() == b"keep" and not signal.received()
