@@ -52,6 +52,10 @@ FUNNEL_RANK: dict[str, int] = {
 }
 CONVERTED_STAGES: frozenset[str] = frozenset({"opportunity", "customer"})
 NOT_SCORED_STAGES: frozenset[str] = CONVERTED_STAGES | {"disqualified"}
+#: why a lead at each stage of NOT_SCORED_STAGES is not scored (the batch's counts, the
+#: service's ``not_eligible``)
+NOT_SCORED_REASON: dict[str, str] = {**{s: "converted" for s in CONVERTED_STAGES},
+                                     "disqualified": "disqualified"}
 
 LEAD_SOURCES: tuple[str, ...] = (
     "web_form",

@@ -278,11 +278,13 @@ def eligibility(features: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
     age = features["contact_age_days"].to_numpy(dtype="float64")
     stage = features["stage"].to_numpy(dtype=object)
     not_created = ~(age >= 0)
-    converted = np.isin(stage, list(schema.CONVERTED_STAGES)) & ~not_created
-    disqualified = (stage == "disqualified") & ~not_created
-    keep = ~(not_created | converted | disqualified)
-    return keep, {"created_after_as_of": int(not_created.sum()), "converted": int(converted.sum()),
-                  "disqualified": int(disqualified.sum())}
+    why = pd.Series(stage, dtype=object).map(schema.NOT_SCORED_REASON).to_numpy(dtype=object)
+    why[not_created] = None
+    keep = ~not_created & pd.isna(why)
+    counts = {"created_after_as_of": int(not_created.sum())}
+    for reason in dict.fromkeys(schema.NOT_SCORED_REASON.values()):
+        counts[reason] = int((why == reason).sum())
+    return keep, counts
 
 
 def reasons_json(reasons: Sequence[Any], computed: np.ndarray) -> np.ndarray:

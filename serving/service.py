@@ -1209,15 +1209,10 @@ def _rules_of(scorer: Any, previous: Any) -> Any:
 
 #: Why the nightly batch would leave a lead out, by its stage at the as-of date (the reasons
 #: of :func:`serving.batch.eligibility`; created after as_of is a 422 here).
-_NOT_ELIGIBLE: dict[str, str] = {**{s: "converted" for s in schema.CONVERTED_STAGES},
-                                 "disqualified": "disqualified"}
-assert set(_NOT_ELIGIBLE) == set(schema.NOT_SCORED_STAGES)
-
-
 def _mark_not_eligible(scores: list[dict[str, Any]], stages: np.ndarray) -> None:
     """Add ``not_eligible`` to the scores of leads the nightly batch would not score (already
     converted, or disqualified, at the as-of date); eligible leads' scores stay as they are."""
-    get = _NOT_ELIGIBLE.get
+    get = schema.NOT_SCORED_REASON.get
     for score, stage in zip(scores, stages.tolist()):
         why = get(stage)
         if why is not None:
