@@ -469,11 +469,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         bulk_rounds.setdefault(f"leadscore_w{w}_{name}", []).append(
                             run_load(bulk[w], "/score", bodies[body], seconds=d, concurrency=c,
                                      headers=auth, warmup=3 if r == 0 else 1))
-            for (body, name), w in [(b, w) for b in _BULK_RUNS for w in args.bulk_workers]:
-                run = runs[f"leadscore_w{w}_{name}"] = combine(bulk_rounds[f"leadscore_w{w}_{name}"])
-                run["workers"], run["leads_per_second"] = w, round(run["rps"] * 100, 1)
-                run["events_per_request"] = sum(
-                    len(lead.get("events", [])) for lead in json.loads(bodies[body].read_text())["leads"])
+            for body, name in _BULK_RUNS:
+                events = sum(len(lead.get("events", []))
+                             for lead in json.loads(bodies[body].read_text())["leads"])
+                for w in args.bulk_workers:
+                    run = runs[f"leadscore_w{w}_{name}"] = combine(bulk_rounds[f"leadscore_w{w}_{name}"])
+                    run["workers"], run["leads_per_second"] = w, round(run["rps"] * 100, 1)
+                    run["events_per_request"] = events
             for w, p in bulk.items():
                 if p is not ours:
                     p.stop()

@@ -51,11 +51,11 @@ FUNNEL_RANK: dict[str, int] = {
     "customer": 5,
 }
 CONVERTED_STAGES: frozenset[str] = frozenset({"opportunity", "customer"})
-NOT_SCORED_STAGES: frozenset[str] = CONVERTED_STAGES | {"disqualified"}
-#: why a lead at each stage of NOT_SCORED_STAGES is not scored (the batch's counts, the
-#: service's ``not_eligible``)
+#: the stages at which a lead is not scored, and why (the batch's counts, the service's
+#: ``not_eligible``)
 NOT_SCORED_REASON: dict[str, str] = {**{s: "converted" for s in CONVERTED_STAGES},
                                      "disqualified": "disqualified"}
+NOT_SCORED_STAGES: frozenset[str] = frozenset(NOT_SCORED_REASON)
 
 LEAD_SOURCES: tuple[str, ...] = (
     "web_form",
