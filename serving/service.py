@@ -38,10 +38,12 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   handling and BentoML's tracing (which these paths skip) cost more than the scoring of a
   lead. ``/score`` is a plain ASGI endpoint (:class:`ScoreEndpoint`), reached without the
   mounted app's own middlewares and router (:class:`_Api`): the body straight from
-  ``receive``, the answer straight to ``send``. BentoML still wraps the mounted app in its
-  OpenTelemetry (URL check only), timeout (a task and a timer per request) and context
-  middlewares: about 0.1 ms per request together, not switchable by configuration (the
-  timeout must be > 0).
+  ``receive``, the answer straight to ``send``. It is also taken in front of BentoML's
+  middlewares (:class:`ScoreLane`) when they are idle for it, as they are by default:
+  tracing with ``/score`` excluded, the request context, the timeout (a task and a timer per
+  request; the endpoint keeps the timeout itself, ``LEADSCORE_TIMEOUT_SECONDS``), error
+  pages and routing cost a single lead about 30 % of its CPU. With tracing, metrics, the
+  access log or CORS on, ``/score`` goes through them all.
 * uvicorn, inside BentoML's worker, uses ``httptools`` and ``uvloop`` when they are installed
   (``bentofile.yaml`` lists them): about half the HTTP handling cost of ``h11`` + asyncio.
 * An event request is decoded from raw bytes by msgspec into typed structs
@@ -134,6 +136,8 @@ log = logging.getLogger("leadscore.service")
 SERVICE_NAME = "leadscore"
 _JSON = "application/json"
 _RELOAD_DEFAULT_SECONDS = 30.0
+#: BentoML's tracing of the API paths (``LEADSCORE_TRACING=1``); off, they are its excluded URLs
+_TRACING = os.environ.get("LEADSCORE_TRACING", "0") == "1"
 _INITIAL_LOAD_WAIT_SECONDS = 60.0
 _INLINE_MAX_LEADS = 20  # larger requests are scored in a worker thread, off the event loop
 #: Smaller ones received together are scored together, up to this weight per call: a request
@@ -529,7 +533,14 @@ class ScoreEndpoint:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         svc = _service()
-        result = await self.handle(svc, scope, receive)
+        deadline = asyncio.timeout(_TIMEOUT_SECONDS)  # BentoML's traffic timeout, kept here
+        try:  # for the lane (:class:`ScoreLane`), which does not pass through BentoML's
+            async with deadline:
+                result = await self.handle(svc, scope, receive)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            result = _error(504, f"not answered within {_TIMEOUT_SECONDS:g} s")
         if isinstance(result, bytes):
             await _send_json(send, result)
         else:
@@ -671,15 +682,66 @@ class _Api(Starlette):
     already wrap this app, and this app's own (error pages, exception handlers) and router
     would cost the busiest path a few percent of its CPU for nothing it uses."""
 
+    _lane_checked = False
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path, root = scope["path"], scope.get("root_path", "")
-            if path == "/score" or (root and path == root + "/score"):
-                return await _SCORE(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST" and _is_score(scope):
+            if not self._lane_checked:  # the first /score: BentoML's app is scope["app"]
+                self._lane_checked = True
+                ScoreLane.install(scope.get("app"))
+            return await _SCORE(scope, receive, send)
         await super().__call__(scope, receive, send)
 
 
+def _is_score(scope: dict[str, Any]) -> bool:
+    path, root = scope["path"], scope.get("root_path", "")
+    return path == "/score" or bool(root) and path == root + "/score"
+
+
 _SCORE = ScoreEndpoint()
+
+
+class ScoreLane:
+    """BentoML's middleware stack with ``POST /score`` taken in front of it.
+
+    BentoML wraps a mounted app in middlewares that, in this service's default
+    configuration, do nothing for ``/score``: tracing (``/score`` is among its excluded
+    URLs), the request timeout (which :class:`ScoreEndpoint` keeps itself), the request
+    context (which ``/score`` does not read), error pages and routing. Together they cost a
+    single-lead request about 30 % of its CPU (BENCHMARKS.md). The lane is put in front
+    only when every middleware is one of those; with tracing, metrics, the access log, CORS,
+    a concurrency limit or any other middleware on, ``/score`` goes through all of them.
+    """
+
+    #: middlewares idle for ``/score`` (tracing only while ``/score`` is not traced)
+    IDLE = frozenset({"TimeoutMiddleware", "ContextMiddleware"}
+                     | (set() if _TRACING else {"OpenTelemetryMiddleware"}))
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _is_score(scope):
+            return await _SCORE(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @classmethod
+    def install(cls, app: Any) -> bool:
+        """Put a lane in front of the middleware stack of ``app`` (a Starlette app, BentoML's)
+        when all its middlewares are idle for ``/score``; whether it did."""
+        stack = getattr(app, "middleware_stack", None)
+        if stack is None or isinstance(stack, cls):
+            return False
+        names = {getattr(m.cls, "__name__", repr(m.cls)) for m in getattr(app, "user_middleware", [])}
+        active = sorted(names - cls.IDLE)
+        if active:
+            log.info("POST /score goes through BentoML's middlewares (%s on)", ", ".join(active))
+            return False
+        app.middleware_stack = cls(stack)
+        log.info("POST /score taken before BentoML's middlewares (none active for it)")
+        return True
+
+
 api = _Api(routes=[
     Route("/score", _SCORE, methods=["POST"]),
     Route("/model", model, methods=["GET"]),
@@ -796,6 +858,8 @@ def _pin_worker(mode: str, workers: int) -> None:
 
 #: worker processes (``LEADSCORE_WORKERS``, default 1), each its own model and event loop
 _WORKERS = _env_number("LEADSCORE_WORKERS", 1, low=1, high=256, whole=True)
+#: seconds a request may take before its 504 (``LEADSCORE_TIMEOUT_SECONDS``, default 60)
+_TIMEOUT_SECONDS = _env_number("LEADSCORE_TIMEOUT_SECONDS", 60, low=1)
 #: ``LEADSCORE_CPU_AFFINITY`` (see :func:`worker_cpu`), checked before any worker starts
 _CPU_AFFINITY = os.environ.get("LEADSCORE_CPU_AFFINITY", "auto").strip().lower() or "auto"
 worker_cpu(_CPU_AFFINITY, None, _WORKERS, set())
@@ -805,12 +869,11 @@ worker_cpu(_CPU_AFFINITY, None, _WORKERS, set())
 @bentoml.service(
     name=SERVICE_NAME,
     workers=_WORKERS,
-    traffic={"timeout": 60},
+    traffic={"timeout": _TIMEOUT_SECONDS},
     http={"host": "127.0.0.1", "port": 3000},
     metrics={"enabled": os.environ.get("LEADSCORE_METRICS", "0") == "1"},
     logging={"access": {"enabled": os.environ.get("LEADSCORE_ACCESS_LOG", "0") == "1"}},
-    tracing={"excluded_urls": [] if os.environ.get("LEADSCORE_TRACING", "0") == "1"
-             else ["/score", "/model", "/reload", "/openapi.json"]},
+    tracing={"excluded_urls": [] if _TRACING else ["/score", "/model", "/reload", "/openapi.json"]},
 )
 @bentoml.asgi_app(api, path="/")
 class LeadScoringService:

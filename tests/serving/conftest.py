@@ -343,6 +343,8 @@ class Kit:
     max_body: int = MAX_BODY
     large_body: int = LARGE_BODY
     start_server = staticmethod(start_server)
+    launch_server = staticmethod(launch_server)
+    wait_up = staticmethod(wait_up)
     stop_server = staticmethod(stop_server)
     wait_ready = staticmethod(wait_ready)
     register = staticmethod(register)

@@ -44,8 +44,9 @@ def test_which_cpu_a_worker_is_pinned_to():
     ({"LEADSCORE_WORKERS": "0"}, "LEADSCORE_WORKERS='0': expected a whole number from 1 to 256"),
     ({"LEADSCORE_CPU_AFFINITY": "sometimes"},
      "LEADSCORE_CPU_AFFINITY='sometimes': expected one of auto, on, off"),
+    ({"LEADSCORE_TIMEOUT_SECONDS": "0"}, "LEADSCORE_TIMEOUT_SECONDS='0': expected a number at least 1"),
 ])
-def test_a_bad_affinity_or_worker_count_stops_the_service_by_name(setting, message):
+def test_a_bad_setting_read_at_import_stops_the_service_by_name(setting, message):
     """Checked when the service is defined, before BentoML starts any worker."""
     import subprocess
     import sys
