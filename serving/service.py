@@ -41,9 +41,9 @@ Design (measured, see ``benchmarks/bench_serving.py`` and BENCHMARKS.md)
   ``receive``, the answer straight to ``send``. It is also taken in front of BentoML's
   middlewares (:class:`ScoreLane`) when they are idle for it, as they are by default:
   tracing with ``/score`` excluded, the request context, the timeout (a task and a timer per
-  request; the endpoint keeps the timeout itself, ``LEADSCORE_TIMEOUT_SECONDS``), error
-  pages and routing cost a single lead about 30 % of its CPU. With tracing, metrics, the
-  access log or CORS on, ``/score`` goes through them all.
+  request; the lane keeps the timeout itself, ``LEADSCORE_TIMEOUT_SECONDS``), error pages
+  and routing cost a single lead about 30 % of its CPU. With tracing of ``/score``,
+  metrics, the access log, CORS or any other middleware on, ``/score`` goes through them all.
 * uvicorn, inside BentoML's worker, uses ``httptools`` and ``uvloop`` when they are installed
   (``bentofile.yaml`` lists them): about half the HTTP handling cost of ``h11`` + asyncio.
 * An event request is decoded from raw bytes by msgspec into typed structs
@@ -532,15 +532,25 @@ class ScoreEndpoint:
     straight to ``send`` (no Request/Response objects on the success path)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Behind BentoML's middlewares, whose timeout answers a request that takes too long."""
+        await self.answer(scope, receive, send, None)
+
+    async def answer(self, scope: dict[str, Any], receive: Any, send: Any,
+                     timeout: float | None) -> None:
+        """Answer the request; a 504 when its answer is not ready within ``timeout`` seconds
+        (None: no limit here). The work of a request in a thread goes on after its 504."""
         svc = _service()
-        deadline = asyncio.timeout(_TIMEOUT_SECONDS)  # BentoML's traffic timeout, kept here
-        try:  # for the lane (:class:`ScoreLane`), which does not pass through BentoML's
-            async with deadline:
-                result = await self.handle(svc, scope, receive)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            result = _error(504, f"not answered within {_TIMEOUT_SECONDS:g} s")
+        if timeout is None:
+            result = await self.handle(svc, scope, receive)
+        else:
+            deadline = asyncio.timeout(timeout)
+            try:
+                async with deadline:
+                    result = await self.handle(svc, scope, receive)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                result = _error(504, f"not answered within {timeout:g} s")
         if isinstance(result, bytes):
             await _send_json(send, result)
         else:
@@ -685,20 +695,45 @@ class _Api(Starlette):
     _lane_checked = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _is_score(scope):
-            if not self._lane_checked:  # the first /score: BentoML's app is scope["app"]
-                self._lane_checked = True
-                ScoreLane.install(scope.get("app"))
-            return await _SCORE(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path, root = scope["path"], scope.get("root_path", "")
+            if path == "/score" or (root and path == root + "/score"):
+                if not self._lane_checked:  # the first /score: BentoML's app is scope["app"]
+                    self._lane_checked = True
+                    ScoreLane.install(scope.get("app"), path)
+                return await _SCORE(scope, receive, send)
         await super().__call__(scope, receive, send)
 
 
-def _is_score(scope: dict[str, Any]) -> bool:
-    path, root = scope["path"], scope.get("root_path", "")
-    return path == "/score" or bool(root) and path == root + "/score"
-
-
 _SCORE = ScoreEndpoint()
+
+
+def idle_for(middleware: list[Any], path: str) -> tuple[float | None, list[str]]:
+    """Whether BentoML's ``middleware`` (a Starlette app's ``user_middleware``) all leave
+    requests to ``path`` alone: (BentoML's request timeout, []) when they are BentoML's
+    timeout, its request context and tracing with ``path`` among its excluded URLs; else
+    (None, what is not)."""
+    try:  # BentoML's own classes, compared by identity
+        from _bentoml_impl.server.app import ContextMiddleware
+        from bentoml._internal.server.http.traffic import TimeoutMiddleware
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    except ImportError:  # another BentoML: its middlewares are not known here
+        return None, ["BentoML's middlewares (not recognised)"]
+    timeout, context, active = None, False, []
+    for m in middleware:
+        if m.cls is TimeoutMiddleware:
+            timeout = m.kwargs.get("timeout")
+        elif m.cls is ContextMiddleware:
+            context = True
+        elif m.cls is OpenTelemetryMiddleware:
+            excluded = m.kwargs.get("excluded_urls")
+            if excluded is None or not excluded.url_disabled(f"http://localhost{path}"):
+                active.append(f"tracing of {path}")
+        else:
+            active.append(getattr(m.cls, "__name__", repr(m.cls)))
+    if not (timeout and context):  # not BentoML's app, or no timeout to keep
+        active.append("not BentoML's middlewares")
+    return (None, active) if active else (float(timeout), [])
 
 
 class ScoreLane:
@@ -706,39 +741,36 @@ class ScoreLane:
 
     BentoML wraps a mounted app in middlewares that, in this service's default
     configuration, do nothing for ``/score``: tracing (``/score`` is among its excluded
-    URLs), the request timeout (which :class:`ScoreEndpoint` keeps itself), the request
-    context (which ``/score`` does not read), error pages and routing. Together they cost a
-    single-lead request about 30 % of its CPU (BENCHMARKS.md). The lane is put in front
-    only when every middleware is one of those; with tracing, metrics, the access log, CORS,
-    a concurrency limit or any other middleware on, ``/score`` goes through all of them.
+    URLs), the request context (which ``/score`` does not read), error pages, routing and
+    the request timeout, which the lane keeps itself (with BentoML's value). Together they
+    cost a single-lead request about 30 % of its CPU (BENCHMARKS.md). The lane is put in
+    front only when the middlewares are those (:func:`idle_for`); with tracing of
+    ``/score``, metrics, the access log, CORS, a concurrency limit or any other middleware
+    on, ``/score`` goes through all of them.
     """
 
-    #: middlewares idle for ``/score`` (tracing only while ``/score`` is not traced)
-    IDLE = frozenset({"TimeoutMiddleware", "ContextMiddleware"}
-                     | (set() if _TRACING else {"OpenTelemetryMiddleware"}))
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, path: str, timeout: float) -> None:
+        self.app, self.path, self.timeout = app, path, timeout
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _is_score(scope):
-            return await _SCORE(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+            return await _SCORE.answer(scope, receive, send, self.timeout)
         await self.app(scope, receive, send)
 
     @classmethod
-    def install(cls, app: Any) -> bool:
-        """Put a lane in front of the middleware stack of ``app`` (a Starlette app, BentoML's)
-        when all its middlewares are idle for ``/score``; whether it did."""
+    def install(cls, app: Any, path: str) -> bool:
+        """Put a lane for ``path`` (as the mounted app sees it) in front of the middleware
+        stack of ``app``, BentoML's app, when its middlewares are idle for it; whether it did."""
         stack = getattr(app, "middleware_stack", None)
         if stack is None or isinstance(stack, cls):
             return False
-        names = {getattr(m.cls, "__name__", repr(m.cls)) for m in getattr(app, "user_middleware", [])}
-        active = sorted(names - cls.IDLE)
-        if active:
-            log.info("POST /score goes through BentoML's middlewares (%s on)", ", ".join(active))
+        timeout, active = idle_for(getattr(app, "user_middleware", None) or [], path)
+        if timeout is None:
+            log.info("POST %s goes through BentoML's middlewares (%s)", path, ", ".join(active))
             return False
-        app.middleware_stack = cls(stack)
-        log.info("POST /score taken before BentoML's middlewares (none active for it)")
+        app.middleware_stack = cls(stack, path, timeout)
+        log.info("POST %s taken before BentoML's middlewares (none active for it; timeout %g s)",
+                 path, timeout)
         return True
 
 
@@ -1059,8 +1091,10 @@ class LeadScoringService:
     async def wait_state(self) -> ScorerState:
         """The current state, waiting for the first load if needed."""
         state = self._state
-        if state is None:
-            await asyncio.to_thread(self._ready.wait, _INITIAL_LOAD_WAIT_SECONDS)
+        if state is None:  # looked at on the loop: a waiting request holds no thread
+            deadline = time.monotonic() + min(_INITIAL_LOAD_WAIT_SECONDS, _TIMEOUT_SECONDS / 2)
+            while self._state is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             state = self._state
             if state is None:  # the registry hangs: the rules answer meanwhile
                 state = _loading_state()
