@@ -521,10 +521,32 @@ def _invalid(exc: ValidationError | T.BodyInvalid, kind: str) -> Response:
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
-async def _send_json(send: Any, body: bytes, status: int = 200) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]})
+_CLOSE = [(b"connection", b"close")]
+
+
+async def _send_json(send: Any, body: bytes, close: bool = False) -> None:
+    """A 200 with ``body``; ``close``: and the connection closed after it."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*_JSON_HEADERS, (b"content-length", str(len(body)).encode()),
+                            *(_CLOSE if close else ())]})
     await send({"type": "http.response.body", "body": body})
+
+
+def _handed_over(scope: dict[str, Any]) -> bool:
+    """Whether to close the connection of this request after its answer: its body is larger
+    than :data:`_HANDOVER_BYTES`.
+
+    The workers share one listening socket and the kernel hands each new connection to one
+    of them, for good: a client that opens its few connections at once may find them all on
+    one worker while the other idles (seen in a benchmark round in about one of ten on two
+    workers: half the throughput). Closing the connection after a bulk answer makes the
+    client reconnect, and the new connection goes to whichever worker accepts first, the one
+    with its event loop free. A reconnection costs about 0.1 ms; a request this large, a few
+    milliseconds of scoring."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.isdigit() and int(value) > _HANDOVER_BYTES
+    return False
 
 
 class ScoreEndpoint:
@@ -552,7 +574,7 @@ class ScoreEndpoint:
                     raise
                 result = _error(504, f"not answered within {timeout:g} s")
         if isinstance(result, bytes):
-            await _send_json(send, result)
+            await _send_json(send, result, _HANDOVER_BYTES > 0 and _handed_over(scope))
         else:
             await result(scope, receive, send)
 
@@ -892,6 +914,9 @@ def _pin_worker(mode: str, workers: int) -> None:
 _WORKERS = _env_number("LEADSCORE_WORKERS", 1, low=1, high=256, whole=True)
 #: seconds a request may take before its 504 (``LEADSCORE_TIMEOUT_SECONDS``, default 60)
 _TIMEOUT_SECONDS = _env_number("LEADSCORE_TIMEOUT_SECONDS", 60, low=1)
+#: with several workers, the connection of a request whose body is larger than this is closed
+#: after its answer (``LEADSCORE_HANDOVER_BYTES``, default 64 KiB; 0 never): see _handed_over
+_HANDOVER_BYTES = _env_number("LEADSCORE_HANDOVER_BYTES", 65536, whole=True) * (_WORKERS > 1)
 #: ``LEADSCORE_CPU_AFFINITY`` (see :func:`worker_cpu`), checked before any worker starts
 _CPU_AFFINITY = os.environ.get("LEADSCORE_CPU_AFFINITY", "auto").strip().lower() or "auto"
 worker_cpu(_CPU_AFFINITY, None, _WORKERS, set())

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -45,6 +46,7 @@ def test_which_cpu_a_worker_is_pinned_to():
     ({"LEADSCORE_CPU_AFFINITY": "sometimes"},
      "LEADSCORE_CPU_AFFINITY='sometimes': expected one of auto, on, off"),
     ({"LEADSCORE_TIMEOUT_SECONDS": "0"}, "LEADSCORE_TIMEOUT_SECONDS='0': expected a number at least 1"),
+    ({"LEADSCORE_HANDOVER_BYTES": "64k"}, "LEADSCORE_HANDOVER_BYTES='64k': expected a whole number"),
 ])
 def test_a_bad_setting_read_at_import_stops_the_service_by_name(setting, message):
     """Checked when the service is defined, before BentoML starts any worker."""
@@ -172,3 +174,29 @@ def test_the_reload_signal_does_not_follow_symbolic_links(tmp_path):
     signal = ReloadSignal(tmp_path / "reload-1")
     signal.send()  # logged, not raised
     assert target.read_bytes() == b"keep" and not signal.received()
+
+
+def _bulk_body(min_bytes: int = 70_000) -> dict:
+    """A body of event leads larger than ``min_bytes`` once encoded."""
+    events = [{"ts": f"2026-02-{d:02d}T10:00:00Z", "event_type": "page_view"} for d in range(1, 29)]
+    leads = []
+    while len(json.dumps({"leads": leads})) <= min_bytes:
+        leads.append({"contact": {"contact_id": f"c{len(leads)}", "created_at": "2026-01-01T00:00:00Z"},
+                      "events": events})
+    return {"leads": leads}
+
+
+def test_bulk_answers_close_their_connection_when_there_are_several_workers(two_workers, server):
+    """So that the client's next connection goes to whichever worker is free: with two
+    workers, the answer to a body over 64 KiB says ``Connection: close``; small ones keep the
+    connection, and a lone worker keeps every connection."""
+    bulk = _bulk_body()
+    for srv, closes in ((two_workers, True), (server, False)):
+        with srv.client() as c:
+            for _ in range(3):  # the client reconnects after each close
+                answer = c.post("/score", json=bulk)
+                assert answer.status_code == 200, answer.text
+                assert len(answer.json()["scores"]) == len(bulk["leads"])
+                assert (answer.headers.get("connection") == "close") is closes
+                small = c.post("/score", json={"leads": [LEAD]})
+                assert small.status_code == 200 and "connection" not in small.headers
