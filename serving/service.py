@@ -533,16 +533,15 @@ async def _send_json(send: Any, body: bytes, close: bool = False) -> None:
 
 
 def _handed_over(scope: dict[str, Any]) -> bool:
-    """Whether to close the connection of this request after its answer: its body is larger
-    than :data:`_HANDOVER_BYTES`.
+    """Whether to close the connection of this request after its answer: its declared
+    ``Content-Length`` is over :data:`_HANDOVER_BYTES`.
 
     The workers share one listening socket and the kernel hands each new connection to one
     of them, for good: a client that opens its few connections at once may find them all on
     one worker while the other idles (seen in a benchmark round in about one of ten on two
     workers: half the throughput). Closing the connection after a bulk answer makes the
-    client reconnect, and the new connection goes to whichever worker accepts first, the one
-    with its event loop free. A reconnection costs about 0.1 ms; a request this large, a few
-    milliseconds of scoring."""
+    client reconnect, and the kernel hands the new connection to a worker again (whichever
+    accepts first). A reconnection costs far less than a request this large."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             return value.isdigit() and int(value) > _HANDOVER_BYTES

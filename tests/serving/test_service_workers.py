@@ -180,7 +180,7 @@ def _bulk_body(min_bytes: int = 70_000) -> dict:
     """A body of event leads larger than ``min_bytes`` once encoded."""
     events = [{"ts": f"2026-02-{d:02d}T10:00:00Z", "event_type": "page_view"} for d in range(1, 29)]
     leads = []
-    while len(json.dumps({"leads": leads})) <= min_bytes:
+    while len(json.dumps({"leads": leads}, separators=(",", ":"))) <= min_bytes:  # as httpx sends it
         leads.append({"contact": {"contact_id": f"c{len(leads)}", "created_at": "2026-01-01T00:00:00Z"},
                       "events": events})
     return {"leads": leads}
@@ -192,11 +192,18 @@ def test_bulk_answers_close_their_connection_when_there_are_several_workers(two_
     connection, and a lone worker keeps every connection."""
     bulk = _bulk_body()
     for srv, closes in ((two_workers, True), (server, False)):
-        with srv.client() as c:
+        ports = []  # the client's end of each bulk request's connection
+
+        def port(response) -> None:  # (before the body is read and a closed connection gone)
+            if response.request.url.path == "/score" and len(response.request.content) > 1000:
+                ports.append(response.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+        with srv.client(event_hooks={"response": [port]}) as c:
             for _ in range(3):  # the client reconnects after each close
+                small = c.post("/score", json={"leads": [LEAD]})
+                assert small.status_code == 200 and "connection" not in small.headers
                 answer = c.post("/score", json=bulk)
                 assert answer.status_code == 200, answer.text
                 assert len(answer.json()["scores"]) == len(bulk["leads"])
                 assert (answer.headers.get("connection") == "close") is closes
-                small = c.post("/score", json={"leads": [LEAD]})
-                assert small.status_code == 200 and "connection" not in small.headers
+        assert len(set(ports)) == (3 if closes else 1), ports
