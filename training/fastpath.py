@@ -168,8 +168,10 @@ class FastScorer:
         self._thresholds = [(b, float(model.scale.band_thresholds[b])) for b in BANDS[:-1]]
         n_features = len(self.columns)
         self._predict_one = _SingleRow(model.booster, _C_API_PREDICT_NORMAL, 1, n_features)
+        # reasons as LeadModel.contributions gives them, whatever the number of rows
+        self._table = model.tree_contributions
         self._contrib_one = _SingleRow(model.booster, _C_API_PREDICT_CONTRIB, n_features + 1,
-                                       n_features)
+                                       n_features) if self._table is None else None
 
     def score_columns(
         self,
@@ -232,7 +234,9 @@ class FastScorer:
         return float(self._predict_one(row)[0])
 
     def contributions_one(self, row: np.ndarray) -> np.ndarray:
-        """``pred_contrib`` of one encoded lead, bias last (thread-safe)."""
+        """:meth:`LeadModel.contributions` of one encoded lead, bias last (thread-safe)."""
+        if self._contrib_one is None:
+            return self._table.one(row)
         return self._contrib_one(row)
 
     def _probability(self, raw: float) -> float:

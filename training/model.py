@@ -21,6 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from features.config import FeatureConfig
 from training.calibration import Calibrator
+from training.contributions import TreeContributions
 from training.rules import RuleScorer
 from training.scoring import ScoreScale, format_reasons
 
@@ -125,9 +126,28 @@ class LeadModel:
         """Calibrated probability of converting within the horizon."""
         return self.calibrator.transform(self.predict_raw(self.matrix(features)))
 
-    def contributions(self, X: np.ndarray) -> np.ndarray:
-        """Per-feature log-odds contributions (LightGBM ``pred_contrib``, bias dropped)."""
-        return self.booster.predict(X, pred_contrib=True, num_threads=self.num_threads)[:, :-1]
+    @property
+    def tree_contributions(self) -> TreeContributions | None:
+        """The booster's ``pred_contrib`` tabulated per tree (built on first use, not saved
+        or pickled), or None for a booster it does not suit."""
+        try:
+            return self.__dict__["_tree_contributions"]
+        except KeyError:
+            table = self.__dict__["_tree_contributions"] = TreeContributions.of(self.booster)
+            return table
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_tree_contributions", None)  # rebuilt where it is used (a lock inside)
+        return state
+
+    def contributions(self, X: np.ndarray, *, bias: bool = False) -> np.ndarray:
+        """Per-feature log-odds contributions: LightGBM's tree SHAP (``pred_contrib``), tree
+        by tree (:mod:`training.contributions`); the expected value last with ``bias``."""
+        table = self.tree_contributions
+        full = table(X) if table is not None else \
+            self.booster.predict(X, pred_contrib=True, num_threads=self.num_threads)
+        return full if bias else full[:, :-1]
 
     def score(self, features: pd.DataFrame, *, scored_at: pd.Timestamp,
               reasons: bool | np.ndarray = True) -> pd.DataFrame:
