@@ -27,14 +27,18 @@ __all__ = ["TreeContributions"]
 MAX_SPLITS = 10
 _ZERO = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float): |x| at most this is "zero"
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
-_BLOCK_ROWS = 4096  # rows per pass: bounds the (rows, trees, features) gather
+_BLOCK_ROWS = 4096  # rows per pass at most: bounds the (rows, trees, features) gather
+_BLOCK_CELLS = 1 << 21  # and (rows x splits of all trees) per pass: 16 MB a float64 array
+#: larger tables are left to ``pred_contrib`` (sum over trees of 2 ** splits x width x 8 bytes)
+MAX_TABLE_BYTES = 256 * 1024 * 1024
 
 
 class TreeContributions:
     """``pred_contrib`` of a binary LightGBM booster, tabulated by decision pattern.
 
     Build with :meth:`of` (None when the booster does not suit: more than
-    :data:`MAX_SPLITS` splits in a tree, several trees per iteration, averaged output).
+    :data:`MAX_SPLITS` splits in a tree, a table over :data:`MAX_TABLE_BYTES`, several trees
+    per iteration, averaged output).
     Calling it on a float64 matrix gives what ``booster.predict(X, pred_contrib=True)`` gives
     (features, then the expected value), up to summation order. Thread-safe.
     """
@@ -47,12 +51,15 @@ class TreeContributions:
         self._booster = lgb.Booster(model_str=booster.model_to_string())
         trees = [_splits(t["tree_structure"]) for t in dump["tree_info"]]
         self.n_trees = len(trees)
-        self.width = int(dump["max_feature_idx"]) + 2  # features + expected value
+        self.n_features = int(dump["max_feature_idx"]) + 1
+        self.width = self.n_features + 1  # features + expected value
         nodes = [node for tree in trees for node in tree]
-        self._feature = np.array([n["split_feature"] for n in nodes], dtype=np.intp)
-        self._tree_start = np.cumsum([0] + [len(t) for t in trees[:-1]]).astype(np.intp)
-        self._bit = np.concatenate([np.left_shift(1, np.arange(len(t))) for t in trees]
+        sizes = np.array([len(t) for t in trees], dtype=np.intp)
+        self._split_trees = np.flatnonzero(sizes)  # trees without a split: pattern 0
+        self._tree_start = (np.cumsum(sizes) - sizes)[self._split_trees]
+        self._bit = np.concatenate([np.left_shift(1, np.arange(len(t))) for t in trees if t]
                                    ).astype(np.int64) if nodes else np.zeros(0, np.int64)
+        self._feature = np.array([n["split_feature"] for n in nodes], dtype=np.intp)
         categorical = np.array([n["decision_type"] == "==" for n in nodes], dtype=bool)
         missing = np.array([_MISSING[n["missing_type"]] for n in nodes])
         self._threshold = np.array([np.inf if c else float(n["threshold"])
@@ -67,11 +74,12 @@ class TreeContributions:
         self._cat_left = np.zeros((len(cats), self._cat_size + 1), dtype=bool)  # last: never
         for k, c in enumerate(cats):
             self._cat_left[k, c] = True
-        size = 1 << max((len(t) for t in trees), default=0)
-        self._size = size
-        self._table = np.zeros((self.n_trees * size, self.width))
-        self._filled = np.zeros(self.n_trees * size, dtype=bool)
-        self._offset = (np.arange(self.n_trees, dtype=np.int64) * size)[None, :]
+        slots = np.left_shift(1, sizes).astype(np.int64)  # 2 ** splits patterns per tree
+        self._offset = (np.cumsum(slots) - slots)[None, :]
+        self._table = np.zeros((int(slots.sum()), self.width))
+        self._filled = np.zeros(int(slots.sum()), dtype=bool)
+        # rows per pass: the (rows, splits) arrays of one pass stay near _BLOCK_CELLS each
+        self._block = max(1, min(_BLOCK_ROWS, _BLOCK_CELLS // max(1, len(nodes))))
         self._lock = threading.Lock()
 
     @classmethod
@@ -82,6 +90,9 @@ class TreeContributions:
             return None
         sizes = [len(_splits(t["tree_structure"])) for t in dump["tree_info"]]
         if not sizes or max(sizes) > MAX_SPLITS:
+            return None
+        table_bytes = sum(2 ** k for k in sizes) * (int(dump["max_feature_idx"]) + 2) * 8
+        if table_bytes > MAX_TABLE_BYTES:
             return None
         return cls(booster, dump)
 
@@ -99,11 +110,16 @@ class TreeContributions:
             code = np.where(ok, c, self._cat_size).astype(np.intp)
             left[:, self._cat] = self._cat_left[np.arange(len(self._cat)), code]
         bits = np.where(left, self._bit, 0)
-        return np.add.reduceat(bits, self._tree_start, axis=1) + self._offset
+        pattern = np.zeros((len(X), self.n_trees), dtype=np.int64)
+        if len(self._split_trees):
+            pattern[:, self._split_trees] = np.add.reduceat(bits, self._tree_start, axis=1)
+        return pattern + self._offset
 
     def one(self, row: np.ndarray) -> np.ndarray:
         """The contributions of one row (1-D float64): the same numbers as a row of
         :meth:`__call__`, with fewer numpy calls."""
+        if row.shape != (self.n_features,):
+            raise ValueError(f"a row of {self.n_features} features expected, got shape {row.shape}")
         idx = self.patterns(row[None, :])
         if not self._filled[idx].all():
             self._fill(row[None, :], idx)
@@ -111,17 +127,36 @@ class TreeContributions:
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows x features), got shape {X.shape}")
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must be rows x {self.n_features} features, got shape {X.shape}")
         out = np.empty((len(X), self.width))
-        for lo in range(0, len(X), _BLOCK_ROWS):
-            block = X[lo:lo + _BLOCK_ROWS]
+        for lo in range(0, len(X), self._block):
+            block = X[lo:lo + self._block]
             idx = self.patterns(block)
             if not self._filled[idx].all():
                 self._fill(block, idx)
             # tree by tree in order, whatever the number of rows (one row gets the same sums)
             np.add.reduce(self._table[idx], axis=1, out=out[lo:lo + len(block)])
         return out
+
+    def warm(self, rows: int = 2048, seed: int = 0) -> None:
+        """Fill the table with the patterns of ``rows`` made-up rows: each feature drawn among
+        values on either side of its splits, NaN and 0, so that the first leads a server
+        sees rarely wait for LightGBM (a new pattern costs a call per tree it is new to).
+        The numbers do not depend on which row brought a pattern in."""
+        rng = np.random.default_rng(seed)
+        X = np.zeros((rows, self.n_features))
+        cat_of = dict(zip(self._cat.tolist(), range(len(self._cat))))
+        for f in range(self.n_features):
+            values = [np.nan, 0.0]
+            for k in np.flatnonzero(self._feature == f).tolist():
+                if k in cat_of:
+                    values += np.flatnonzero(self._cat_left[cat_of[k]]).tolist() + [-1.0]
+                else:
+                    t = self._threshold[k]
+                    values += [t, np.nextafter(t, np.inf)]
+            X[:, f] = rng.choice(np.array(values, dtype=np.float64), size=rows)
+        self(X)
 
     def _fill(self, X: np.ndarray, idx: np.ndarray) -> None:
         """Compute the table rows of the patterns of ``X`` not seen yet, with LightGBM."""

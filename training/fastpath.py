@@ -170,6 +170,8 @@ class FastScorer:
         self._predict_one = _SingleRow(model.booster, _C_API_PREDICT_NORMAL, 1, n_features)
         # reasons as LeadModel.contributions gives them, whatever the number of rows
         self._table = model.tree_contributions
+        if self._table is not None:  # online, a lead's first reasons should not wait
+            self._table.warm()
         self._contrib_one = _SingleRow(model.booster, _C_API_PREDICT_CONTRIB, n_features + 1,
                                        n_features) if self._table is None else None
 

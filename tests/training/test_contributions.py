@@ -103,3 +103,40 @@ def test_filling_the_table_leaves_the_boosters_single_row_predictions_alone():
     table = TreeContributions.of(booster)
     table(_adversarial(X, table))  # fills many patterns, tree by tree
     assert np.allclose([one(x)[0] for x in X[:5]], want, rtol=0, atol=1e-12)
+
+
+def test_trees_without_a_split_in_a_merged_cross_fit_booster():
+    """A cross-fitting fold whose booster is a constant (a tree without a split), first or
+    last among the merged trees."""
+    from training.train import merge_boosters
+
+    X, y = _data()
+    normal = _booster(X, y)
+    constant = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1,
+                          "min_data_in_leaf": len(y)}, lgb.Dataset(X, y), num_boost_round=2)
+    assert constant.dump_model()["tree_info"][-1]["num_leaves"] == 1
+    for merged in (merge_boosters([normal, constant]), merge_boosters([constant, normal])):
+        table = TreeContributions.of(merged)
+        rows = _adversarial(X, table)
+        np.testing.assert_allclose(table(rows), merged.predict(rows, pred_contrib=True),
+                                   rtol=0, atol=1e-12)
+
+
+def test_blocks_of_rows_warm_up_and_a_wrong_width():
+    from training import contributions
+
+    X, y = _data(n=9000)
+    booster = _booster(X, y)
+    table = TreeContributions.of(booster)
+    table._block = 1000  # several passes, the last one short
+    np.testing.assert_allclose(table(X), booster.predict(X, pred_contrib=True), rtol=0, atol=1e-12)
+
+    cold = TreeContributions.of(booster)
+    cold.warm()
+    assert cold._filled.sum() > 0.5 * table._filled.sum()  # made-up rows found most patterns
+    assert np.array_equal(cold(X[:100]), table(X[:100]))  # whoever brought a pattern in
+    with pytest.raises(ValueError, match="5 features"):
+        table(X[:, :4])
+    with pytest.raises(ValueError, match="5 features"):
+        table.one(X[0, :4])
+    assert contributions.MAX_TABLE_BYTES >= 64 * 1024 * 1024
