@@ -542,6 +542,8 @@ def _handed_over(scope: dict[str, Any]) -> bool:
     workers: half the throughput). Closing the connection after a bulk answer makes the
     client reconnect, and the kernel hands the new connection to a worker again (whichever
     accepts first). A reconnection costs far less than a request this large."""
+    if not _HANDOVER_BYTES:  # one worker, or turned off
+        return False
     for name, value in scope["headers"]:
         if name == b"content-length":
             return value.isdigit() and int(value) > _HANDOVER_BYTES
@@ -573,7 +575,7 @@ class ScoreEndpoint:
                     raise
                 result = _error(504, f"not answered within {timeout:g} s")
         if isinstance(result, bytes):
-            await _send_json(send, result, _HANDOVER_BYTES > 0 and _handed_over(scope))
+            await _send_json(send, result, _handed_over(scope))
         else:
             await result(scope, receive, send)
 

@@ -43,13 +43,14 @@ class TreeContributions:
     (features, then the expected value), up to summation order. Thread-safe.
     """
 
-    def __init__(self, booster: Any, dump: dict[str, Any]) -> None:
+    def __init__(self, booster: Any, dump: dict[str, Any],
+                 trees: list[list[dict[str, Any]]]) -> None:
+        """``trees``: the splits of each tree of ``dump`` (:func:`_splits`)."""
         import lightgbm as lgb
 
         # the per-tree calls go to a copy: LightGBM keeps the iteration range of a booster's
         # last prediction in the booster, where its single-row predictors would read it
         self._booster = lgb.Booster(model_str=booster.model_to_string())
-        trees = [_splits(t["tree_structure"]) for t in dump["tree_info"]]
         self.n_trees = len(trees)
         self.n_features = int(dump["max_feature_idx"]) + 1
         self.width = self.n_features + 1  # features + expected value
@@ -88,13 +89,14 @@ class TreeContributions:
         dump = booster.dump_model()
         if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("average_output"):
             return None
-        sizes = [len(_splits(t["tree_structure"])) for t in dump["tree_info"]]
+        trees = [_splits(t["tree_structure"]) for t in dump["tree_info"]]
+        sizes = [len(t) for t in trees]
         if not sizes or max(sizes) > MAX_SPLITS:
             return None
         table_bytes = sum(2 ** k for k in sizes) * (int(dump["max_feature_idx"]) + 2) * 8
         if table_bytes > MAX_TABLE_BYTES:
             return None
-        return cls(booster, dump)
+        return cls(booster, dump, trees)
 
     def patterns(self, X: np.ndarray) -> np.ndarray:
         """``(rows, trees)`` row index into the table: tree t's offset plus the row's pattern
@@ -120,10 +122,7 @@ class TreeContributions:
         :meth:`__call__`, with fewer numpy calls."""
         if row.shape != (self.n_features,):
             raise ValueError(f"a row of {self.n_features} features expected, got shape {row.shape}")
-        idx = self.patterns(row[None, :])
-        if not self._filled[idx].all():
-            self._fill(row[None, :], idx)
-        return np.add.reduce(self._table[idx[0]], axis=0)
+        return np.add.reduce(self._table[self._known(row[None, :])[0]], axis=0)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float64)
@@ -132,11 +131,8 @@ class TreeContributions:
         out = np.empty((len(X), self.width))
         for lo in range(0, len(X), self._block):
             block = X[lo:lo + self._block]
-            idx = self.patterns(block)
-            if not self._filled[idx].all():
-                self._fill(block, idx)
             # tree by tree in order, whatever the number of rows (one row gets the same sums)
-            np.add.reduce(self._table[idx], axis=1, out=out[lo:lo + len(block)])
+            np.add.reduce(self._table[self._known(block)], axis=1, out=out[lo:lo + len(block)])
         return out
 
     def warm(self, rows: int = 2048, seed: int = 0) -> None:
@@ -157,6 +153,13 @@ class TreeContributions:
                     values += [t, np.nextafter(t, np.inf)]
             X[:, f] = rng.choice(np.array(values, dtype=np.float64), size=rows)
         self(X)
+
+    def _known(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`patterns` of ``X``, each in the table (those not seen yet computed first)."""
+        idx = self.patterns(X)
+        if not self._filled[idx].all():
+            self._fill(X, idx)
+        return idx
 
     def _fill(self, X: np.ndarray, idx: np.ndarray) -> None:
         """Compute the table rows of the patterns of ``X`` not seen yet, with LightGBM."""

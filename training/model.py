@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -126,19 +127,15 @@ class LeadModel:
         """Calibrated probability of converting within the horizon."""
         return self.calibrator.transform(self.predict_raw(self.matrix(features)))
 
-    @property
+    @cached_property
     def tree_contributions(self) -> TreeContributions | None:
         """The booster's ``pred_contrib`` tabulated per tree (built on first use, not saved
         or pickled), or None for a booster it does not suit."""
-        try:
-            return self.__dict__["_tree_contributions"]
-        except KeyError:
-            table = self.__dict__["_tree_contributions"] = TreeContributions.of(self.booster)
-            return table
+        return TreeContributions.of(self.booster)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_tree_contributions", None)  # rebuilt where it is used (a lock inside)
+        state.pop("tree_contributions", None)  # rebuilt where it is used (a lock inside)
         return state
 
     def contributions(self, X: np.ndarray, *, bias: bool = False) -> np.ndarray:

@@ -122,7 +122,7 @@ def test_trees_without_a_split_in_a_merged_cross_fit_booster():
                                    rtol=0, atol=1e-12)
 
 
-def test_blocks_of_rows_warm_up_and_a_wrong_width():
+def test_blocks_of_rows_warm_up_a_wrong_width_and_the_size_cap(monkeypatch):
     from training import contributions
 
     X, y = _data(n=9000)
@@ -139,4 +139,8 @@ def test_blocks_of_rows_warm_up_and_a_wrong_width():
         table(X[:, :4])
     with pytest.raises(ValueError, match="5 features"):
         table.one(X[0, :4])
-    assert contributions.MAX_TABLE_BYTES >= 64 * 1024 * 1024
+    table_bytes = table._table.nbytes
+    monkeypatch.setattr(contributions, "MAX_TABLE_BYTES", table_bytes)
+    assert TreeContributions.of(booster) is not None
+    monkeypatch.setattr(contributions, "MAX_TABLE_BYTES", table_bytes - 1)
+    assert TreeContributions.of(booster) is None  # left to pred_contrib
