@@ -22,6 +22,7 @@ __all__ = [
     "decile_table",
     "expected_calibration_error",
     "reliability_curve",
+    "roc_auc_intervals",
 ]
 
 Strategy = Literal["quantile", "uniform"]
@@ -300,9 +301,92 @@ def compare(scorers: Mapping[str, object], y: object) -> pd.DataFrame:
     Returns
     -------
     DataFrame
-        One row per scorer (input order): ``scorer`` then the metric columns.
+        One row per scorer (input order): ``scorer``, the metric columns, then
+        ``roc_auc_low`` and ``roc_auc_high``: the 95 % interval of ROC AUC
+        (:func:`roc_auc_intervals`; NaN with fewer than two rows of a class).
     """
     rows = [{"scorer": name, **binary_metrics(y, p)} for name, p in scorers.items()]
     frame = pd.DataFrame(rows, columns=["scorer", *METRIC_NAMES])
     frame["n"] = frame["n"].astype(np.int64)
+    frame["roc_auc_low"] = frame["roc_auc_high"] = np.nan
+    labels = _labels(y)
+    if scorers and min(labels.sum(), labels.size - labels.sum()) >= 2:
+        intervals = roc_auc_intervals(scorers, labels)
+        frame["roc_auc_low"] = intervals["low"].to_numpy()
+        frame["roc_auc_high"] = intervals["high"].to_numpy()
     return frame
+
+
+
+def _delong(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC of each row of ``scores`` and their covariance matrix, by DeLong's method
+    (DeLong, DeLong & Clarke-Pearson 1988; midranks as in Sun & Xu 2014). Ties count half."""
+    from scipy.stats import rankdata
+
+    pos, neg = scores[:, positive], scores[:, ~positive]
+    m, n = pos.shape[1], neg.shape[1]
+    ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    v10 = (ranks[:, :m] - rankdata(pos, axis=1)) / n  # per positive: share of negatives below
+    v01 = 1 - (ranks[:, m:] - rankdata(neg, axis=1)) / m  # per negative: share of positives above
+    auc = v10.mean(axis=1)
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return auc, cov
+
+
+def roc_auc_intervals(
+    scorers: Mapping[str, object],
+    y: object,
+    *,
+    baseline: str | None = None,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """ROC AUC of several scorers on the same rows, with confidence intervals.
+
+    A held-out set of a few thousand leads moves ROC AUC by about a hundredth from one
+    random split to the next; the interval says how far. Standard errors are DeLong's, which
+    also gives the covariance of scorers judged on the same rows: the difference with a
+    baseline gets an interval of its own, narrower than the two AUC intervals suggest when
+    the scorers agree. Normal intervals, clipped to [0, 1] (and [-1, 1] for differences).
+
+    Parameters
+    ----------
+    scorers
+        Scorer name -> scores (same rows as ``y``; any real numbers, only their order counts).
+    baseline
+        A scorer to compare the others with: adds the paired difference of ROC AUC, its
+        interval, and the two-sided p-value of "no difference".
+    level
+        Two-sided coverage of the intervals.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by scorer (input order): ``roc_auc``, ``se``, ``low``, ``high``; with a
+        baseline also ``minus_baseline``, ``minus_low``, ``minus_high`` and ``p_value``.
+    """
+    from scipy.stats import norm
+
+    yy = _labels(y)
+    if min(yy.sum(), yy.size - yy.sum()) < 2:
+        raise ValueError("ROC AUC intervals need at least two rows of each class among the labels")
+    if baseline is not None and baseline not in scorers:
+        raise ValueError(f"baseline {baseline!r} is not one of the scorers {list(scorers)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, got {level}")
+    names = list(scorers)
+    stacked = np.vstack([_scores(scorers[k], yy.size, probability=False) for k in names])
+    auc, cov = _delong(stacked, yy == 1)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    z = float(norm.ppf(0.5 + level / 2))
+    table = pd.DataFrame({"roc_auc": auc, "se": se, "low": np.clip(auc - z * se, 0, 1),
+                          "high": np.clip(auc + z * se, 0, 1)}, index=pd.Index(names, name="scorer"))
+    if baseline is not None:
+        b = names.index(baseline)
+        diff = auc - auc[b]
+        d_se = np.sqrt(np.clip(np.diag(cov) + cov[b, b] - 2 * cov[:, b], 0, None))
+        table["minus_baseline"] = diff
+        table["minus_low"] = np.clip(diff - z * d_se, -1, 1)
+        table["minus_high"] = np.clip(diff + z * d_se, -1, 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table["p_value"] = np.where(d_se > 0, 2 * norm.sf(np.abs(diff) / d_se), 1.0)
+    return table

@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss, log_loss
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
 from training.metrics import (
     METRIC_NAMES,
@@ -17,6 +18,7 @@ from training.metrics import (
     decile_table,
     expected_calibration_error,
     reliability_curve,
+    roc_auc_intervals,
 )
 
 
@@ -133,8 +135,73 @@ def test_compare_one_row_per_scorer_in_order() -> None:
     table = compare({"oracle": truth, "constant": np.full(500, y.mean())}, y)
     assert isinstance(table, pd.DataFrame)
     assert table["scorer"].tolist() == ["oracle", "constant"]
-    assert list(table.columns) == ["scorer", *METRIC_NAMES]
+    assert list(table.columns) == ["scorer", *METRIC_NAMES, "roc_auc_low", "roc_auc_high"]
     assert table["n"].tolist() == [500, 500]
     oracle, constant = table.iloc[0], table.iloc[1]
     assert oracle["roc_auc"] > 0.7 and constant["roc_auc"] == pytest.approx(0.5)
     assert constant["top_decile_lift"] == pytest.approx(1.0)
+    assert oracle["roc_auc_low"] < oracle["roc_auc"] < oracle["roc_auc_high"]
+    assert compare({"oracle": truth}, np.ones(500))[["roc_auc_low", "roc_auc_high"]].isna().all(axis=None)
+
+
+
+def test_roc_auc_intervals_match_sklearn_and_a_hand_computed_delong_variance() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0, 0])
+    s = np.array([0.9, 0.4, 0.4, 0.4, 0.2, 0.1, 0.5])  # ties across the classes count half
+    row = roc_auc_intervals({"s": s}, y).loc["s"]
+    assert row["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    # DeLong by hand: per positive, the share of negatives below (ties half); per negative,
+    # the share of positives above; variance = var(v10) / m + var(v01) / n
+    v10 = np.array([1.0, 2.5 / 4, 2.5 / 4])
+    v01 = np.array([2 / 3, 1.0, 1.0, 1 / 3])
+    assert v10.mean() == pytest.approx(row["roc_auc"])
+    assert row["se"] ** 2 == pytest.approx(v10.var(ddof=1) / 3 + v01.var(ddof=1) / 4)
+
+
+def test_roc_auc_intervals_cover_the_true_auc_about_as_often_as_stated() -> None:
+    """Binormal scores (positives shifted by d): the true ROC AUC is Phi(d / sqrt 2)."""
+    rng = np.random.default_rng(4)
+    d, n1, n0, trials = 1.2, 120, 180, 400
+    truth = norm.cdf(d / np.sqrt(2))
+    covered = 0
+    for _ in range(trials):
+        y = np.r_[np.ones(n1), np.zeros(n0)]
+        s = np.r_[rng.normal(d, 1, n1), rng.normal(0, 1, n0)]
+        row = roc_auc_intervals({"s": s}, y).loc["s"]
+        assert row["low"] < row["roc_auc"] < row["high"]
+        covered += row["low"] <= truth <= row["high"]
+    assert 0.91 <= covered / trials <= 0.98
+
+
+def test_roc_auc_intervals_pair_the_scorers() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(600) < 0.4).astype(int)
+    good = rng.normal(size=600) + 1.5 * y
+    worse = good + rng.normal(size=600)  # the same signal, blurred
+    table = roc_auc_intervals({"good": good, "worse": worse, "same": good.copy()}, y, baseline="worse")
+    assert table.index.tolist() == ["good", "worse", "same"]
+    assert list(table.columns) == ["roc_auc", "se", "low", "high", "minus_baseline", "minus_low",
+                                   "minus_high", "p_value"]
+    assert table.loc["good", "roc_auc"] == pytest.approx(roc_auc_score(y, good))
+    assert table.loc["same"].equals(table.loc["good"])
+    assert table.loc["worse", ["minus_baseline", "minus_low", "minus_high", "p_value"]].tolist() == [0, 0, 0, 1]
+    good_row = table.loc["good"]
+    assert good_row["minus_low"] > 0 and good_row["p_value"] < 1e-3
+    # paired: the gain is known more precisely than the two AUCs apart would suggest
+    assert good_row["minus_high"] - good_row["minus_low"] < good_row["high"] - good_row["low"]
+
+
+def test_roc_auc_intervals_bad_inputs_are_named() -> None:
+    two = ([0, 0, 1, 1], [0.1, 0.3, 0.2, 0.4])
+    with pytest.raises(ValueError, match="two rows of each class"):
+        roc_auc_intervals({"s": [0.1, 0.2, 0.3]}, [0, 0, 1])  # a variance needs two
+    with pytest.raises(ValueError, match="baseline 'x'"):
+        roc_auc_intervals({"s": two[1]}, two[0], baseline="x")
+    with pytest.raises(ValueError, match="length"):
+        roc_auc_intervals({"s": [0.1]}, two[0])
+    with pytest.raises(ValueError, match="level"):
+        roc_auc_intervals({"s": two[1]}, two[0], level=95)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by a zero count on the way
+        table = compare({"s": [0.1, 0.2, 0.3]}, [0, 0, 1])
+    assert table["roc_auc"].item() == 1.0 and table[["roc_auc_low", "roc_auc_high"]].isna().all(axis=None)
