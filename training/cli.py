@@ -42,6 +42,17 @@ def print_frame(frame: pd.DataFrame, title: str, *, floats: str = "{:.4f}") -> N
     console.print(table)
 
 
+def print_auc_intervals(comparison: pd.DataFrame) -> None:
+    """Each scorer's 95 % interval of ROC AUC (:func:`training.metrics.compare`), on one line
+    under the comparison's table (which has no room left for it)."""
+    if "roc_auc_low" not in comparison:
+        return
+    spans = [f"{name} {row.roc_auc_low:.3f}-{row.roc_auc_high:.3f}"
+             for name, row in comparison.iterrows() if pd.notna(row.roc_auc_low)]
+    if spans:
+        console.print(f"ROC AUC, 95% interval (DeLong): {', '.join(spans)}")
+
+
 @app.command("demo-data")
 def demo_data(
     contacts: Annotated[int, typer.Option("--contacts", min=1, help="Number of contacts.")] = 20_000,
@@ -204,6 +215,7 @@ def train(
     print_frame(result.comparison[["roc_auc", "pr_auc", "log_loss", "brier", "ece",
                                    "top_decile_lift", "recall_top10", "recall_top20"]],
                 f"test window {result.split.description['test']}")
+    print_auc_intervals(result.comparison)
     verdict = "[green]champion[/]" if summary["promoted"] else "[yellow]challenger[/]"
     console.print(f"registered lead-scoring version {summary['version']} as {verdict}: {summary['reason']}")
     console.print(f"run {summary['run_id']} in {uri}")
@@ -260,6 +272,7 @@ def evaluate(
     table = compare(scorers, preds["converted"].to_numpy()).set_index("scorer")
     print_frame(table[["roc_auc", "pr_auc", "log_loss", "brier", "ece", "top_decile_lift",
                        "recall_top10", "recall_top20"]], f"test window {result.split.description['test']}")
+    print_auc_intervals(table)
     print_frame(result.deciles[["decile", "count", "positives", "conversion_rate", "lift",
                                 "cumulative_recall"]], "model: conversion by score decile (1 = top)")
 

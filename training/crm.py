@@ -1756,7 +1756,7 @@ def train_table_command(
     config. Without a dataset config one is inferred and written to ``workdir``."""
     import time
 
-    from training.cli import console, fail, print_frame
+    from training.cli import console, fail, print_auc_intervals, print_frame
     from training.tracking import configure_tracking
     from training.train import NotEnoughData
 
@@ -1815,6 +1815,7 @@ def train_table_command(
         summary = log_table_run(trained, frame, source=str(table.resolve()), gate_config=tcfg.gate)
     elapsed = time.perf_counter() - t0
     print_frame(summary_table(result.comparison), f"held-out test: {result.split.description['test']}")
+    print_auc_intervals(result.comparison)
     verdict = "[green]champion[/]" if summary["promoted"] else "[yellow]challenger[/]"
     console.print(f"registered {dataset.registered_model} version {summary['version']} as {verdict}: "
                   f"{summary['reason']}")

@@ -23,6 +23,7 @@ def test_evaluate_compares_with_the_champion_on_the_same_rows(use_store):
     rows = [line.split("│")[1].strip() for line in result.output.splitlines() if line.startswith("│")]
     assert "oracle" in rows and any(r.startswith("champ") for r in rows)  # the table's scorer column
     assert "not compared" not in result.output
+    assert "ROC AUC, 95% interval (DeLong): model 0." in " ".join(result.output.split())
 
 
 def test_a_bad_config_setting_is_a_clear_error_not_a_traceback(tmp_path):

@@ -551,6 +551,11 @@ def test_cli_infers_a_config_trains_registers_and_the_champion_scores_raw_rows(t
         cfg = load_dataset_config(inferred)
         assert {"Follow Up Code", "Deal Stage"} <= set(cfg.post_contact) and cfg.decimal == ","
         assert "as champion" in first.output
+        # the held-out ROC AUC's interval: printed, and logged with the run
+        run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+        low, high = run["metrics.model_roc_auc_low"], run["metrics.model_roc_auc_high"]
+        assert low < run["metrics.model_roc_auc"] < high
+        assert f"model {low:.3f}-{high:.3f}" in " ".join(first.output.split())
 
         # reviewed and reused: the same gate room, now in the dataset config's training section
         inferred.write_text(inferred.read_text() + "training:\n  gate: {max_ece: 0.1}\n")
