@@ -4,7 +4,9 @@ A notebook names the data files it needs, relative to the repository root, in it
 (``{"leadscore": {"requires": ["../shared/data/.../file.csv"]}}``); it is skipped, with the
 reason, where one is absent. Notebooks run with the repository root as working directory, in
 a fresh MLflow store (``MLFLOW_TRACKING_URI`` in a temporary directory), with
-``LEADSCORE_NOTEBOOK_SMALL=1`` so that a notebook can shrink its data for the test.
+``LEADSCORE_NOTEBOOK_SMALL=1`` so that a notebook can shrink its data for the test, and with
+``TMPDIR`` in the test's own temporary directory: the retraining notebook works in a
+``tempfile.mkdtemp`` of its own, which would otherwise stay behind after every run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def test_notebook_runs_with_small_outputs(path: Path, tmp_path: Path, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("LEADSCORE_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # a notebook's own temporary files go with the test's
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(REPO)}})
     client.execute()  # raises CellExecutionError naming the failing cell
