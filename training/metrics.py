@@ -20,6 +20,7 @@ __all__ = [
     "binary_metrics",
     "compare",
     "decile_table",
+    "ece_by_chance",
     "expected_calibration_error",
     "reliability_curve",
     "roc_auc_intervals",
@@ -156,6 +157,30 @@ def expected_calibration_error(
         return float("nan")
     gap = np.abs(curve["mean_predicted"] - curve["observed_rate"]).to_numpy()
     return float(np.sum(curve["count"].to_numpy() * gap) / n)
+
+
+def ece_by_chance(p: object, n_bins: int = 10, *, level: float = 0.95, draws: int = 2000,
+                  seed: int = 0) -> float:
+    """The expected calibration error that perfectly calibrated probabilities ``p`` exceed
+    with probability ``1 - level`` on this many rows, by chance alone.
+
+    Each bin's observed rate scatters around its mean probability by about
+    ``sqrt(p (1 - p) / n_bin)``: on a few hundred leads a calibrated model shows an ECE of
+    0.03-0.06. Labels are drawn as if ``p`` were true (each bin's count of converters
+    binomial with the bin's mean probability, a slight over-estimate of the scatter), with the
+    bins of :func:`expected_calibration_error`. NaN for an empty input.
+    """
+    pp = _scores(p, np.asarray(p).size, probability=True)
+    if pp.size == 0:
+        return float("nan")
+    bins = _bin_ids(pp, n_bins, "quantile")
+    counts = np.bincount(bins, minlength=n_bins)
+    used = counts > 0
+    n_b = counts[used]
+    mean_p = np.bincount(bins, weights=pp, minlength=n_bins)[used] / n_b
+    hits = np.random.default_rng(seed).binomial(n_b, mean_p, size=(draws, n_b.size))
+    ece = (np.abs(hits / n_b - mean_p) * n_b).sum(axis=1) / pp.size
+    return float(np.quantile(ece, level))
 
 
 # ---------------------------------------------------------------------------
@@ -302,11 +327,14 @@ def compare(scorers: Mapping[str, object], y: object) -> pd.DataFrame:
     -------
     DataFrame
         One row per scorer (input order): ``scorer``, the metric columns, then
-        ``roc_auc_low`` and ``roc_auc_high``: the 95 % interval of ROC AUC
-        (:func:`roc_auc_intervals`; NaN with fewer than two rows of a class).
+        ``ece_by_chance``: the ECE a calibrated scorer would exceed by chance one time in
+        twenty on these rows (:func:`ece_by_chance`), and ``roc_auc_low``, ``roc_auc_high``:
+        the 95 % interval of ROC AUC (:func:`roc_auc_intervals`; NaN with fewer than two rows
+        of a class).
     """
-    rows = [{"scorer": name, **binary_metrics(y, p)} for name, p in scorers.items()]
-    frame = pd.DataFrame(rows, columns=["scorer", *METRIC_NAMES])
+    rows = [{"scorer": name, **binary_metrics(y, p), "ece_by_chance": ece_by_chance(p)}
+            for name, p in scorers.items()]
+    frame = pd.DataFrame(rows, columns=["scorer", *METRIC_NAMES, "ece_by_chance"])
     frame["n"] = frame["n"].astype(np.int64)
     frame["roc_auc_low"] = frame["roc_auc_high"] = np.nan
     labels = _labels(y)

@@ -17,6 +17,7 @@ from training.metrics import (
     compare,
     decile_table,
     expected_calibration_error,
+    ece_by_chance,
     reliability_curve,
     roc_auc_intervals,
 )
@@ -135,7 +136,7 @@ def test_compare_one_row_per_scorer_in_order() -> None:
     table = compare({"oracle": truth, "constant": np.full(500, y.mean())}, y)
     assert isinstance(table, pd.DataFrame)
     assert table["scorer"].tolist() == ["oracle", "constant"]
-    assert list(table.columns) == ["scorer", *METRIC_NAMES, "roc_auc_low", "roc_auc_high"]
+    assert list(table.columns) == ["scorer", *METRIC_NAMES, "ece_by_chance", "roc_auc_low", "roc_auc_high"]
     assert table["n"].tolist() == [500, 500]
     oracle, constant = table.iloc[0], table.iloc[1]
     assert oracle["roc_auc"] > 0.7 and constant["roc_auc"] == pytest.approx(0.5)
@@ -205,3 +206,14 @@ def test_roc_auc_intervals_bad_inputs_are_named() -> None:
         warnings.simplefilter("error")  # no division by a zero count on the way
         table = compare({"s": [0.1, 0.2, 0.3]}, [0, 0, 1])
     assert table["roc_auc"].item() == 1.0 and table[["roc_auc_low", "roc_auc_high"]].isna().all(axis=None)
+
+
+@pytest.mark.parametrize("n", [300, 3000])
+def test_ece_by_chance_is_what_calibrated_labels_exceed_one_time_in_twenty(n: int) -> None:
+    rng = np.random.default_rng(n)
+    p = rng.beta(1, 2.5, n)
+    chance = ece_by_chance(p)
+    eces = np.array([expected_calibration_error(rng.random(n) < p, p) for _ in range(300)])
+    assert 0.015 <= np.mean(eces > chance) <= 0.10
+    assert ece_by_chance(p, seed=1) == pytest.approx(chance, rel=0.1)
+    assert np.isnan(ece_by_chance([]))

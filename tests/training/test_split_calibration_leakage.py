@@ -9,6 +9,7 @@ import pytest
 from training.calibration import Calibrator, choose_calibration
 from training.config import GateConfig, SplitConfig
 from training.leakage import probable_leaks, single_feature_auc
+from training.metrics import ece_by_chance, expected_calibration_error
 from training.split import random_split, time_split
 from training.tracking import ChampionComparison, gate
 
@@ -96,3 +97,20 @@ def test_gate_promotes_only_a_model_that_beats_rules_and_champion():
     assert not gate({"roc_auc": 0.80, "ece": 0.01}, rules, champion, cfg).promoted
     assert gate({"roc_auc": 0.806, "ece": 0.01}, rules, champion, cfg).promoted
     assert not gate({"roc_auc": 0.80, "ece": 0.2}, rules, None, cfg).promoted
+
+
+def test_the_calibration_gate_allows_what_chance_gives_on_few_test_rows():
+    """A calibrated model's ECE on a few hundred rows is about 0.05 by chance alone (labels
+    drawn from the model's own probabilities): that alone must not keep it from champion."""
+    rng = np.random.default_rng(3)
+    cfg, rules = GateConfig(), {"roc_auc": 0.60, "ece": 0.01}
+    p = rng.beta(1, 2.5, 360)
+    eces = [expected_calibration_error(rng.random(360) < p, p) for _ in range(200)]
+    chance = ece_by_chance(p)
+    assert np.mean(np.array(eces) > cfg.max_ece) > 0.3  # the fixed bar alone fails a third or more
+    assert 0.01 < np.mean(np.array(eces) > chance) < 0.10  # the chance bar about one in twenty
+    assert gate({"roc_auc": 0.80, "ece": 0.06, "ece_by_chance": chance}, rules, None, cfg).promoted
+    off = gate({"roc_auc": 0.80, "ece": chance + 0.01, "ece_by_chance": chance}, rules, None, cfg)
+    assert not off.promoted and "by chance" in off.reason
+    big = gate({"roc_auc": 0.80, "ece": 0.06, "ece_by_chance": 0.012}, rules, None, cfg)  # many rows
+    assert not big.promoted
