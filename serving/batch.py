@@ -1103,7 +1103,7 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
     out.parent.mkdir(parents=True, exist_ok=True)
     if scorer is None:
         scorer, _ = resolve_scorer(opts.model_uri)
-    frame = read_table(opts.table)
+    frame = read_table(opts.table, getattr(scorer, "dataset", None) or None)  # its separator, encoding
     if len(frame) == 0:
         raise DataError(f"{Path(opts.table).name}: the table has no rows: nothing to score")
     scored_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")

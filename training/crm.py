@@ -11,9 +11,14 @@ takes such a table as it is:
   :func:`load_dataset_config` validates it; :func:`check_config` checks it against a table and
   fails with a message naming the key (unknown column, one-class target, non-binary target
   without a positive value, ...).
-* :func:`infer_config` — without a config: numeric vs categorical, identifier-like columns,
-  personal data, dates, constant columns and probable leaks (``training.leakage``) are
-  detected and written out (:func:`dump_dataset_config`) for review and reuse.
+* :func:`infer_config` — without a config: numeric vs categorical, identifier-like columns
+  (also numbers a spreadsheet kept as text, ``'0002262``), personal data (a personal field's
+  name in English, German, French, Spanish or Italian, however few its values; email
+  addresses or international phone numbers as values), dates (``2024-03-05``, ``05.03.2024``,
+  ``Mar 5, 2024``), constant columns and probable leaks (``training.leakage``) are detected
+  and written out (:func:`dump_dataset_config`) for review and reuse, with the file's
+  separator and encoding (:func:`infer_file_config`). A header naming a column twice is
+  logged with what each copy is read as.
 * :func:`table_features` — the cleaning, the same at training and at scoring time (the model
   stores its dataset config, so batch, pyfunc and HTTP scoring clean raw rows identically):
   placeholders and blanks are missing; numbers may carry thousands separators, a currency
@@ -45,6 +50,7 @@ import json
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,15 +139,34 @@ _PII_NAME = re.compile(
     r"e-?mail|phone|mobile|\bcell\b|telephone|\bfax\b|first.?name|last.?name|full.?name|"
     r"surname|given.?name|contact.?name|^name$|street|address|postal|post.?code|zip|"
     r"ip.?addr|linkedin|birth|passport|social.?security|\bssn\b|person|"
-    r"(company|account|organi[sz]ation|business|employer).?name|^(company|account|organi[sz]ation|employer)$",
+    r"vorname|nachname|telefon|pr[ée]nom|apellido|courriel|geburts|adresse|stra(ss|ß)e|"
+    r"(company|account|organi[sz]ation|business|employer|firmen).?name|"
+    r"^(company|account|organi[sz]ation|employer|firma|unternehmen|entreprise|soci[ée]t[ée]|empresa)$",
     re.IGNORECASE)
 _POST_CONTACT_NAME = re.compile(
     r"\btags?\b|quality|status|\bstage\b|disposition|\bowner\b|assigned|sales.?rep|"
     r"last.?(notable.?)?activity|lost|\bwon\b|closed|\bdeal\b|opportunit|\bscore\b|"
-    r"\bgrade\b|rating|qualif|call.?(outcome|result)|outcome|\bresult\b", re.IGNORECASE)
-_CREATED_NAME = re.compile(r"creat|added|signup|sign.?up|registered|received|first.?seen|lead.?date", re.IGNORECASE)
+    r"\bgrade\b|rating|bewertung|statut|qualif|call.?(outcome|result)|outcome|\bresult\b", re.IGNORECASE)
+_CREATED_NAME = re.compile(r"creat|cr[ée]{2}|erstellt|angelegt|added|signup|sign.?up|registered|received|first.?seen|lead.?date", re.IGNORECASE)
+#: Column names (letters only, accents dropped, case-folded) that name a personal field
+#: outright: left out however few distinct values they hold. English, German, French,
+#: Spanish and Italian spellings of the fields CRMs export.
+_PERSONAL_FIELDS = frozenset("""
+    email emailaddress emailadresse mail courriel correo correoelectronico
+    phone phonenumber telephone telephonenumber tel mobile mobilephone mobilenumber cell cellphone
+    fax telefon telefonnummer handy mobil mobilnummer telefono numerodetelephone
+    name fullname firstname lastname surname givenname familyname contactname leadname personname
+    vorname nachname nom prenom nomcomplet apellido apellidos nombre nombrecompleto cognome
+    address streetaddress street adresse strasse anschrift direccion indirizzo
+    zip zipcode postcode postalcode plz codepostal
+    birthdate dateofbirth dob geburtsdatum linkedin linkedinurl ipaddress ssn passport
+""".split())  # noqa: SIM905 - a word list reads best as words
 _EMAIL_VALUE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.IGNORECASE)
-_DATE_VALUE = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}")
+_PHONE_VALUE = re.compile(r"^(\+|00)[\d\s().\-/]{6,}$")  # international: +49 30 ..., 0049 ...
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_DATE_VALUE = re.compile(  # 2024-03-05, 05.03.2024, 3/5/24; Mar 5, 2024; 5 March 2024
+    rf"\d{{1,4}}[-/.]\d{{1,2}}[-/.]\d{{1,4}}|\b{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"
+    rf"|\b\d{{1,2}}\.?\s+{_MONTH},?\s+\d{{4}}\b", re.IGNORECASE)
 
 LEAK_FLAG_AUC = 0.90  # a single column alone this good: probably filled in after the fact
 STRONG_AUC = 0.80  # worth a note: check when it is filled in
@@ -450,6 +475,7 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                         sep = sniff_separator(f.read(65536))
                 frame = pd.read_csv(path, sep=sep or ",", dtype=str, encoding=encoding,
                                     keep_default_na=False, na_values=[""], engine="c")
+                frame.attrs["encoding"] = encoding
                 break
             except UnicodeDecodeError:
                 if i == len(encodings) - 1:
@@ -457,9 +483,24 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                                      "in the dataset config") from None
     else:
         raise ValueError(f"unsupported table file {path.name}: CSV (any separator) or Parquet")
+    if "encoding" in frame.attrs and path.suffix.lower() not in (".gz", ".zip"):
+        _warn_repeated_names(path, sep or ",", frame.attrs["encoding"], list(frame.columns))
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     empty = [c for c in frame.columns if (not c or c.startswith("Unnamed: ")) and frame[c].isna().all()]
-    return frame.drop(columns=empty)
+    out = frame.drop(columns=empty)
+    out.attrs = dict(frame.attrs)  # the encoding read, for an inferred config
+    return out
+
+
+def _warn_repeated_names(path: Path, sep: str, encoding: str, read_as: list[str]) -> None:
+    """Log the header's names that occur more than once, and what each copy is read as."""
+    with open(path, encoding=encoding, newline="") as f:
+        header = [str(c).strip().lstrip("\ufeff") for c in next(csv.reader(f, delimiter=sep), [])]
+    for name in sorted({c for c in header if c and header.count(c) > 1}):
+        copies = [read_as[i] for i, c in enumerate(header) if c == name and i < len(read_as)]
+        log.warning("%s: the header names column %r %d times; the copies are read as %s "
+                    "(each one a column of its own: rename them in the export, or exclude them)",
+                    path.name, name, len(copies), copies)
 
 
 # ---------------------------------------------------------------------------
@@ -719,15 +760,16 @@ def _numeric_share(s: pd.Series, config: DatasetConfig, placeholders: set[str]) 
     return float(v.notna().mean())
 
 
-def _identifier_reason(s: pd.Series, name: str, numeric: bool) -> str | None:
-    """Why a column looks like an identifier (unique per row), or None."""
+def _identifier_reason(s: pd.Series, name: str, numbers: pd.Series | None) -> str | None:
+    """Why a column looks like an identifier (unique per row), or None. ``numbers``: the
+    column's cells parsed as numbers when it is numeric (``'0002262`` as 2262)."""
     present = s.dropna()
     if len(present) < 20 or present.nunique() < 0.98 * len(s):
         return None
-    if not numeric:
+    if numbers is None:
         return "identifier-like: a distinct text value on every row"
-    v = pd.to_numeric(present, errors="coerce")
-    if v.isna().any() or not np.all(np.mod(v, 1) == 0):
+    v = numbers.dropna()
+    if len(v) < len(present) or not np.all(np.mod(v, 1) == 0):
         return None
     span = float(v.max() - v.min() + 1)
     if _ID_NAME.search(name) or span <= 2 * len(v):
@@ -736,16 +778,48 @@ def _identifier_reason(s: pd.Series, name: str, numeric: bool) -> str | None:
     return None
 
 
-def _personal_reason(s: pd.Series, name: str) -> str | None:
-    """Why a column looks like personal data: a PII-like name with many distinct values
-    (an email address column, not a "Do Not Email" flag), or email addresses as values."""
+def _name_key(name: str) -> str:
+    """``"E-Mail"`` -> ``"email"``, ``"Prénom"`` -> ``"prenom"``: letters only, no accents."""
+    plain = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z]", "", plain.casefold())
+
+
+def _phone_share(sample: pd.Series) -> float:
+    """Share of ``sample`` that are possible international phone numbers (``+49 30 ...``)."""
+    import phonenumbers
+
+    def possible(text: str) -> bool:
+        if not _PHONE_VALUE.match(text):
+            return False
+        try:
+            number = phonenumbers.parse("+" + text[2:] if text.startswith("00") else text, None)
+        except phonenumbers.NumberParseException:
+            return False
+        return phonenumbers.is_possible_number(number)
+
+    return float(np.mean([possible(t) for t in sample])) if len(sample) else 0.0
+
+
+def _personal_reason(s: pd.Series, name: str, numeric: bool) -> str | None:
+    """Why a column looks like personal data, or None: a name that is a personal field
+    (``Last Name``, ``E-Mail``, ``Telefon``), email addresses or international phone numbers
+    as values, or a personal-sounding name with many distinct values that are not figures
+    (a contact-person column, not an ``Email open rate``; numbers of seven digits or more,
+    as phone numbers without their country code, count as personal)."""
+    if _name_key(name) in _PERSONAL_FIELDS:
+        return ("personal data (by its name): never a feature; if it is not personal, list it "
+                "under categorical or numeric")
     present = s.dropna()
-    levels = present.nunique()
-    if _PII_NAME.search(name) and (levels > 100 or levels > 0.5 * max(len(present), 1)):
-        return "personal data (by its name and its many distinct values): never a feature"
-    sample = present.astype(str).head(200)
+    sample = present.astype(str).str.strip().head(200)
     if len(sample) and sample.str.match(_EMAIL_VALUE).mean() > 0.5:
         return "personal data (holds email addresses): never a feature"
+    if _phone_share(sample) > 0.5:
+        return "personal data (holds phone numbers): never a feature"
+    levels = present.nunique()
+    digits = sample.str.count(r"\d").median() if len(sample) else 0
+    if (_PII_NAME.search(name) and (not numeric or digits >= 7)  # figures, unless phone-long
+            and (levels > 100 or levels > 0.5 * max(len(present), 1))):
+        return "personal data (by its name and its many distinct values): never a feature"
     return None
 
 
@@ -800,14 +874,16 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
         is_num = col in config.numeric or (
             col not in config.categorical and _numeric_share(s, config, placeholders) >= 0.98)
         if auto and col not in forced:
-            reason = _personal_reason(present, col)
+            reason = _personal_reason(present, col, is_num)
             if reason is None and present.nunique() <= 1:
                 reason = "constant: one value on every row"
             if reason is None and not is_num and _date_share(present) >= 0.9:
                 reason = ("date/time column: when it was recorded is unknown (it may postdate "
                           "the outcome); name it time_column to split by it")
             if reason is None:
-                reason = _identifier_reason(present.reset_index(drop=True), col, is_num)
+                numbers = (parse_numbers(present, decimal=config.decimal, thousands=config.thousands)
+                           if is_num else None)
+                reason = _identifier_reason(present.reset_index(drop=True), col, numbers)
             if reason is None and not is_num:
                 n_levels = present.nunique()
                 if n_levels > 100 and n_levels > 0.5 * len(present):
@@ -970,7 +1046,7 @@ def _guess_positive(values: Sequence[object]) -> Scalar | None:
     neg = [k for k in keys if k in _NEGATIVE_WORDS]
     if len(keys) == 2 and len(pos) == 1 and len(neg) == 1:
         v = keys[pos[0]]
-        return int(v) if _key(v) in ("0", "1") else str(v)
+        return int(_key(v)) if _key(v) in ("0", "1") else str(v)  # 1, "1", 1.0 and "1.0" alike
     return None
 
 
@@ -1592,6 +1668,9 @@ def score_table(
                                [table_column(c) for c in model.numeric])
         return model.score(feats, scored_at=scored_at, reasons=reasons)
     if dataset is None:
+        if getattr(model, "scorer", None) != "model":  # the registry had no model to give
+            raise ValueError(f"no model to score the table with: {model.info().get('reason')} "
+                             "(and no dataset config with rules was given)")
         raise ValueError("this model was not trained on a CRM table and no dataset config was "
                          "given: score the table with a model trained by `leadscore train --table`")
     rules = getattr(model, "rules", None)
@@ -1662,17 +1741,26 @@ def _training_config(dataset: DatasetConfig, config_path: Path | None) -> TrainC
     return table_training_config(overrides)
 
 
+def infer_file_config(table: Path, frame: pd.DataFrame, *, target: str | None = None,
+                      positive: Scalar | None = None) -> DatasetConfig:
+    """:func:`infer_config` for ``frame`` as :func:`read_table` read it from ``table``, with
+    the file's separator and encoding written into the config (so that it reads the file
+    again as it is)."""
+    sep = None
+    if table.suffix.lower() not in PARQUET_SUFFIXES:
+        with open(table, encoding="utf-8", errors="replace", newline="") as f:
+            sep = sniff_separator(f.read(65536))
+    config = infer_config(frame, target=target, positive=positive, name=table.stem, separator=sep)
+    return config.model_copy(update={"encoding": frame.attrs.get("encoding", config.encoding)})
+
+
 def infer_config_command(table: Path, out: Path, target: str | None = None,
                          positive: str | None = None) -> DatasetConfig:
     """``leadscore infer-config``: infer a dataset config and write it to ``out``."""
     from training.cli import console
 
     frame = read_table(table)
-    sep = None
-    if table.suffix.lower() not in PARQUET_SUFFIXES:
-        with open(table, encoding="utf-8", errors="replace", newline="") as f:
-            sep = sniff_separator(f.read(65536))
-    config = infer_config(frame, target=target, positive=positive, name=table.stem, separator=sep)
+    config = infer_file_config(table, frame, target=target, positive=positive)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(dump_dataset_config(config, f"# Inferred from {table.name}: review before reuse.\n"))
     for col, why in {**config.exclude, **config.post_contact}.items():
@@ -1770,11 +1858,7 @@ def train_table_command(
             frame = read_table(table, dataset)
         else:
             frame = read_table(table)
-            sep = None
-            if table.suffix.lower() not in PARQUET_SUFFIXES:
-                with open(table, encoding="utf-8", errors="replace", newline="") as f:
-                    sep = sniff_separator(f.read(65536))
-            dataset = infer_config(frame, target=target, name=table.stem, separator=sep)
+            dataset = infer_file_config(table, frame, target=target)
             out = Path(workdir) / f"{table.stem}.dataset.yaml"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(dump_dataset_config(dataset, f"# Inferred from {table.name}: review before reuse.\n"))

@@ -50,6 +50,32 @@ def load_scorer(model_uri: str | None = None, *, num_threads: int = 0,
     try:
         return load_model(model_uri, num_threads=num_threads)
     except Exception as e:  # any failure to load means: rules answer
-        reason = f"model unavailable ({type(e).__name__})"
+        reason = _why_unavailable(model_uri, e)
         log.warning("falling back to the rule scorer: %s", reason)
         return RulesOnly(rules or RuleScorer(), reason=reason)
+
+
+def _why_unavailable(model_uri: str | None, error: Exception) -> str:
+    """Why no model loads, for the user: an alias no version holds says which versions exist
+    and how to promote one; other failures are named by kind only."""
+    uri = model_uri or f"models:/{REGISTERED_MODEL}@{CHAMPION}"
+    if "@" not in uri or not uri.startswith("models:/"):
+        return f"model unavailable ({type(error).__name__})"
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(name, alias)
+        aliased = True  # the alias is there: the model itself failed to load
+    except Exception:  # noqa: BLE001 - no such alias or model, or no store: said below
+        aliased = False
+    if aliased:
+        return f"model unavailable ({type(error).__name__})"
+    try:
+        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    except Exception:  # noqa: BLE001 - the store itself is unreadable
+        return f"model unavailable ({type(error).__name__})"
+    if not versions:
+        return f"no model registered as {name!r} yet (train one first)"
+    listed = ", ".join(map(str, versions[-5:]))
+    return (f"no version of {name!r} is {alias} (registered: version {listed}): "
+            f"`leadscore promote N` makes version N {alias}, or score with --model models:/{name}/N")

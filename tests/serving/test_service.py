@@ -1029,7 +1029,7 @@ def test_empty_registry_then_a_new_champion_without_restart(trained, servers, em
     kit.wait_ready(srv)
     with srv.client() as c:
         info = c.get("/model").json()
-        assert info["scorer"] == "rules" and "model unavailable" in info["reason"]
+        assert info["scorer"] == "rules" and "no model registered as 'lead-scoring' yet" in info["reason"]
         r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))
         assert r.status_code == 200 and r.json()["scores"][0]["scorer"] == "rules"
         assert "not_eligible" not in r.json()["scores"][0]

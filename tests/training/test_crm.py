@@ -395,8 +395,9 @@ def test_rules_only_scoring_with_config_rules(shop_frame):
     assert out["scorer"].eq("rules").all()
     partner = shop_frame.head(20)["Source Channel"].eq("Partner referral").to_numpy()
     assert (out["probability"][partner].min() > out["probability"][~partner].max()) or not partner.any()
-    with pytest.raises(ValueError, match="no dataset config"):
-        score_table(RulesOnly(RuleScorer()), shop_frame.head(2))
+    with pytest.raises(ValueError, match=r"no model to score the table with: no model \(and no "
+                                         r"dataset config with rules was given\)"):
+        score_table(RulesOnly(RuleScorer(), reason="no model"), shop_frame.head(2))
 
 
 def test_the_fallback_of_a_table_model_is_its_own_rule_scorer(shop_trained, shop_frame):

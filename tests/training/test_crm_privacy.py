@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from training.crm import parse_dataset_config, resolve_columns, table_input_example
 
@@ -30,6 +31,42 @@ def test_people_and_company_names_are_personal_data_not_features():
     assert "personal data" in cols.excluded["Contact Person"]
     assert "personal data" in cols.excluded["Company"]
     assert {"Company Size", "Source", "Visits"} <= set(cols.features)
+
+
+def test_personal_fields_are_left_out_by_name_in_several_languages_however_few_their_values():
+    rng = np.random.default_rng(1)
+    n = 1_000
+    frame = pd.DataFrame({
+        "Vorname": rng.choice(["Anna", "Jürgen", "Lea"], n),  # three values: still a first name
+        "Nachname": rng.choice([f"Name{i}" for i in range(10)], n),
+        "Last Name": rng.choice([f"Name{i}" for i in range(10)], n),
+        "E-Mail": [f"p{i}@example.org" for i in range(n)],
+        "Telefon": rng.integers(10**9, 10**10, n).astype(str),  # numbers, but a phone column
+        "Prénom": rng.choice(["Léa", "Marc"], n),
+        "ZIP": rng.integers(10_000, 99_999, n).astype(str),
+        "Kontakt": [f"+49 30 {rng.integers(1_000_000, 9_999_999)}" for _ in range(n)],  # by its values
+        "Mobile Phone (work)": rng.integers(10**9, 10**10, n).astype(str),  # by name and 10 digits
+        "Email open rate": [f"{v}%" for v in rng.integers(0, 100, n)],  # a figure: a feature
+        "Email opens": rng.poisson(3, n).astype(str),
+        "Converted": rng.integers(0, 2, n),
+    })
+    cols = resolve_columns(frame, CONFIG)
+    personal = {c for c, why in cols.excluded.items() if why.startswith("personal data")}
+    assert personal == {"Vorname", "Nachname", "Last Name", "E-Mail", "Telefon", "Prénom", "ZIP",
+                        "Kontakt", "Mobile Phone (work)"}
+    assert "phone numbers" in cols.excluded["Kontakt"]
+    assert {"Email open rate", "Email opens"} <= set(cols.numeric)
+    # the config has the last word: a column listed as a feature is one
+    kept = resolve_columns(frame, parse_dataset_config({**CONFIG.model_dump(), "categorical": ["Prénom"]}))
+    assert "Prénom" in kept.categorical
+
+
+@pytest.mark.parametrize("values", [
+    ["+44 20 7946 0958", "+1 (555) 676-0401", "0049 30 9042612"],
+])
+def test_international_phone_numbers_are_found_by_their_values(values):
+    frame = pd.DataFrame({"Notes": values * 50, "Converted": [0, 1, 1] * 50})
+    assert "phone numbers" in resolve_columns(frame, CONFIG).excluded["Notes"]
 
 
 def test_the_input_example_holds_no_real_row():

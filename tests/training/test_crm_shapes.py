@@ -16,6 +16,7 @@ import pytest
 from training.crm import (
     DatasetConfigError,
     check_config,
+    dump_dataset_config,
     infer_config,
     parse_dataset_config,
     parse_numbers,
@@ -157,6 +158,14 @@ def test_binary_targets_need_no_positive_value(values, labels):
     cfg = parse_dataset_config({"target": {"column": "y"}})
     y = target_labels(pd.Series(values, name="y"), cfg)
     assert [None if np.isnan(v) else int(v) for v in y] == labels
+
+
+def test_a_target_written_as_decimals_is_inferred_like_integers():
+    frame = leads(300).assign(Statut=lambda f: np.where(f["Statut"] == "Won", "1.0", "0.0"))
+    inferred = infer_config(frame, target="Statut")
+    assert inferred.target.positive == 1
+    labels = target_labels(frame["Statut"], inferred)
+    assert labels.tolist() == (frame["Statut"] == "1.0").astype(float).tolist()
 
 
 def test_open_deals_are_unlabelled_with_a_negative_value_and_need_a_positive_without():
@@ -311,6 +320,38 @@ def test_bad_input_fails_naming_the_column_and_reason(change, config, message):
         check_config(frame, parse_dataset_config({**CONFIG, **config}))
 
 
+def test_excel_style_ids_and_dates_written_out_in_words_are_recognised():
+    frame = leads(400)
+    frame["Lead ID"] = [f"'{i:07d}" for i in range(400)]  # numbers kept as text by a spreadsheet
+    frame["Créé le"] = pd.to_datetime(frame["Créé le"], dayfirst=True).dt.strftime("%b %d, %Y")
+    inferred = infer_config(frame)
+    assert inferred.id_column == "Lead ID"
+    assert inferred.time_column == "Créé le"  # "Jan 05, 2024": a date, not a category
+    assert parse_times(frame["Créé le"]).notna().all()
+
+
+def test_an_inferred_config_keeps_the_encoding_the_file_was_read_in(tmp_path):
+    from training.crm import infer_file_config, load_dataset_config
+
+    path = tmp_path / "export.csv"
+    frame = leads(300).assign(**{"Canal d'origine": lambda f: f["Canal d'origine"].replace("Fair", "Messe Zürich")})
+    path.write_bytes(frame.to_csv(sep=";", index=False).encode("cp1252"))
+    inferred = infer_file_config(path, read_table(path))
+    assert (inferred.encoding, inferred.separator) == ("cp1252", ";")
+    (tmp_path / "export.yaml").write_text(dump_dataset_config(inferred))
+    again = read_table(path, load_dataset_config(tmp_path / "export.yaml"))  # as `--config` reads it
+    assert "Messe Zürich" in set(again["Canal d'origine"])
+
+
+def test_a_header_naming_a_column_twice_is_reported(tmp_path, caplog):
+    path = tmp_path / "export.csv"
+    path.write_text("id,Source,Visits,Source,won\n1,web,3,fair,1\n2,ads,1,web,0\n")
+    with caplog.at_level("WARNING", logger="training.crm"):
+        frame = read_table(path)
+    assert list(frame.columns) == ["id", "Source", "Visits", "Source.1", "won"]
+    assert "names column 'Source' 2 times; the copies are read as ['Source', 'Source.1']" in caplog.text
+
+
 def test_unreadable_files_fail_clearly(tmp_path):
     (tmp_path / "leads.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="unsupported table file leads.xlsx"):
@@ -356,5 +397,31 @@ def test_cli_trains_a_parquet_export_from_its_config_and_logs_the_rejects(tmp_pa
         bad = runner.invoke(app, ["train", "--table", str(tmp_path / "export.parquet"), "--config", str(config),
                                   "--workdir", str(tmp_path / "work")])
         assert bad.exit_code == 2 and "time_column \"Canal d'origine\": only 0%" in " ".join(bad.output.split())
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_scoring_a_table_without_a_champion_says_which_versions_exist(tmp_path, monkeypatch):
+    """A real MLflow store: nothing registered, then a version the gate left as challenger."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from training.registry import load_scorer
+    from training.tracking import configure_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        configure_tracking(tmp_path)
+        assert "no model registered as 'lead-scoring' yet" in load_scorer().info()["reason"]
+        (tmp_path / "model").mkdir()
+        client = MlflowClient()
+        client.create_registered_model("lead-scoring")
+        client.create_model_version("lead-scoring", source=str(tmp_path / "model"))  # no alias
+        scorer = load_scorer()
+        assert scorer.scorer == "rules"
+        with pytest.raises(ValueError, match=r"no model to score the table with: no version of "
+                                             r"'lead-scoring' is champion \(registered: version 1\): "
+                                             r"`leadscore promote N`.*no dataset config with rules"):
+            score_table(scorer, leads(5))
     finally:
         mlflow.set_tracking_uri(None)
