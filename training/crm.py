@@ -162,7 +162,8 @@ _PERSONAL_FIELDS = frozenset("""
     birthdate dateofbirth dob geburtsdatum linkedin linkedinurl ipaddress ssn passport
 """.split())  # noqa: SIM905 - a word list reads best as words
 _EMAIL_VALUE = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$", re.IGNORECASE)
-_PHONE_VALUE = re.compile(r"^(\+|00)[\d\s().\-/]{6,}$")  # international: +49 30 ..., 0049 ...
+#: international phone numbers: +49 30 ..., or 0049 30 ... with a separator (not a 0034645034 id)
+_PHONE_VALUE = re.compile(r"^\+[\d\s().\-/]{6,}$|^00\d*[\s().\-/][\d\s().\-/]{4,}$")
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _DATE_VALUE = re.compile(  # 2024-03-05, 05.03.2024, 3/5/24; Mar 5, 2024; 5 March 2024
     rf"\d{{1,4}}[-/.]\d{{1,2}}[-/.]\d{{1,4}}|\b{_MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b"
@@ -455,7 +456,7 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
 
     ``config`` (a :class:`DatasetConfig`, or a model's stored ``dataset`` mapping) gives the
     separator and encoding; without them the separator is sniffed and the encoding is UTF-8,
-    else Windows-1252. Column names are trimmed; unnamed, empty trailing columns (a stray
+    else Windows-1252 (also when the config leaves the encoding at UTF-8: logged). Column names are trimmed; unnamed, empty trailing columns (a stray
     separator at line ends) are dropped.
     """
     path = Path(path)
@@ -466,7 +467,10 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
     if path.suffix.lower() in PARQUET_SUFFIXES or path.is_dir():
         frame = pd.read_parquet(path)
     elif path.suffix.lower() in (".csv", ".txt", ".tsv", ".gz", ".zip", ""):
-        encodings = [config.encoding] if config else ["utf-8", "cp1252"]
+        # an encoding the config names is the file's; UTF-8, the default, falls back to
+        # Windows-1252 (next month's export may come from a spreadsheet), and says so
+        explicit = config is not None and config.encoding.lower().replace("-", "").replace("_", "") != "utf8"
+        encodings = [config.encoding] if explicit else ["utf-8", "cp1252"]
         sep = config.separator if config and config.separator else None
         for i, encoding in enumerate(encodings):
             try:
@@ -476,6 +480,9 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                 frame = pd.read_csv(path, sep=sep or ",", dtype=str, encoding=encoding,
                                     keep_default_na=False, na_values=[""], engine="c")
                 frame.attrs["encoding"] = encoding
+                if i and config is not None:
+                    log.warning("%s: not UTF-8; read as Windows-1252 (set encoding in the dataset "
+                                "config if it is another)", path.name)
                 break
             except UnicodeDecodeError:
                 if i == len(encodings) - 1:
@@ -800,24 +807,28 @@ def _phone_share(sample: pd.Series) -> float:
     return float(np.mean([possible(t) for t in sample])) if len(sample) else 0.0
 
 
-def _personal_reason(s: pd.Series, name: str, numeric: bool) -> str | None:
+def _personal_reason(s: pd.Series, name: str, numbers: pd.Series | None) -> str | None:
     """Why a column looks like personal data, or None: a name that is a personal field
     (``Last Name``, ``E-Mail``, ``Telefon``), email addresses or international phone numbers
     as values, or a personal-sounding name with many distinct values that are not figures
     (a contact-person column, not an ``Email open rate``; numbers of seven digits or more,
-    as phone numbers without their country code, count as personal)."""
-    if _name_key(name) in _PERSONAL_FIELDS:
+    as phone numbers without their country code, count as personal). ``numbers``: the cells
+    parsed as numbers when the column is numeric."""
+    name = str(name)
+    present = s.dropna()
+    levels = present.nunique()
+    if _name_key(name) in _PERSONAL_FIELDS and levels > 2:  # two values: a flag (Mobile: yes/no)
         return ("personal data (by its name): never a feature; if it is not personal, list it "
                 "under categorical or numeric")
-    present = s.dropna()
     sample = present.astype(str).str.strip().head(200)
     if len(sample) and sample.str.match(_EMAIL_VALUE).mean() > 0.5:
         return "personal data (holds email addresses): never a feature"
     if _phone_share(sample) > 0.5:
         return "personal data (holds phone numbers): never a feature"
-    levels = present.nunique()
-    digits = sample.str.count(r"\d").median() if len(sample) else 0
-    if (_PII_NAME.search(name) and (not numeric or digits >= 7)  # figures, unless phone-long
+    long_whole = False  # figures are personal only as whole numbers of 7+ digits (phones)
+    if numbers is not None and len(v := numbers.dropna()):
+        long_whole = float(((v % 1 == 0) & (v.abs() >= 1e6)).mean()) > 0.5
+    if (_PII_NAME.search(name) and (numbers is None or long_whole)
             and (levels > 100 or levels > 0.5 * max(len(present), 1))):
         return "personal data (by its name and its many distinct values): never a feature"
     return None
@@ -874,16 +885,17 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
         is_num = col in config.numeric or (
             col not in config.categorical and _numeric_share(s, config, placeholders) >= 0.98)
         if auto and col not in forced:
-            reason = _personal_reason(present, col, is_num)
+            numbers = (parse_numbers(present, decimal=config.decimal, thousands=config.thousands)
+                       if is_num else None)
+            reason = _personal_reason(present, col, numbers)
             if reason is None and present.nunique() <= 1:
                 reason = "constant: one value on every row"
             if reason is None and not is_num and _date_share(present) >= 0.9:
                 reason = ("date/time column: when it was recorded is unknown (it may postdate "
                           "the outcome); name it time_column to split by it")
             if reason is None:
-                numbers = (parse_numbers(present, decimal=config.decimal, thousands=config.thousands)
-                           if is_num else None)
-                reason = _identifier_reason(present.reset_index(drop=True), col, numbers)
+                reason = _identifier_reason(present.reset_index(drop=True), col,
+                                            None if numbers is None else numbers.reset_index(drop=True))
             if reason is None and not is_num:
                 n_levels = present.nunique()
                 if n_levels > 100 and n_levels > 0.5 * len(present):

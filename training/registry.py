@@ -56,23 +56,20 @@ def load_scorer(model_uri: str | None = None, *, num_threads: int = 0,
 
 
 def _why_unavailable(model_uri: str | None, error: Exception) -> str:
-    """Why no model loads, for the user: an alias no version holds says which versions exist
-    and how to promote one; other failures are named by kind only."""
+    """Why no model loads, for the user: a registry that answered that the name or alias is
+    not there says which versions exist and how to promote one; other failures are named by
+    kind only (and cost no further call to a store that may be down)."""
+    from mlflow.exceptions import MlflowException
+
     uri = model_uri or f"models:/{REGISTERED_MODEL}@{CHAMPION}"
-    if "@" not in uri or not uri.startswith("models:/"):
+    missing = isinstance(error, MlflowException) and error.error_code in (
+        "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model / no such alias
+    if not (missing and uri.startswith("models:/") and "@" in uri):
         return f"model unavailable ({type(error).__name__})"
     name, alias = uri.removeprefix("models:/").split("@", 1)
-    client = MlflowClient()
     try:
-        client.get_model_version_by_alias(name, alias)
-        aliased = True  # the alias is there: the model itself failed to load
-    except Exception:  # noqa: BLE001 - no such alias or model, or no store: said below
-        aliased = False
-    if aliased:
-        return f"model unavailable ({type(error).__name__})"
-    try:
-        versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-    except Exception:  # noqa: BLE001 - the store itself is unreadable
+        versions = sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'"))
+    except Exception:  # noqa: BLE001 - the store stopped answering
         return f"model unavailable ({type(error).__name__})"
     if not versions:
         return f"no model registered as {name!r} yet (train one first)"

@@ -42,7 +42,7 @@ def test_personal_fields_are_left_out_by_name_in_several_languages_however_few_t
         "Last Name": rng.choice([f"Name{i}" for i in range(10)], n),
         "E-Mail": [f"p{i}@example.org" for i in range(n)],
         "Telefon": rng.integers(10**9, 10**10, n).astype(str),  # numbers, but a phone column
-        "Prénom": rng.choice(["Léa", "Marc"], n),
+        "Prénom": rng.choice(["Léa", "Marc", "Inès"], n),
         "ZIP": rng.integers(10_000, 99_999, n).astype(str),
         "Kontakt": [f"+49 30 {rng.integers(1_000_000, 9_999_999)}" for _ in range(n)],  # by its values
         "Mobile Phone (work)": rng.integers(10**9, 10**10, n).astype(str),  # by name and 10 digits
@@ -59,6 +59,24 @@ def test_personal_fields_are_left_out_by_name_in_several_languages_however_few_t
     # the config has the last word: a column listed as a feature is one
     kept = resolve_columns(frame, parse_dataset_config({**CONFIG.model_dump(), "categorical": ["Prénom"]}))
     assert "Prénom" in kept.categorical
+
+
+def test_flags_figures_and_padded_ids_with_personal_sounding_names_stay_features():
+    rng = np.random.default_rng(2)
+    n = 1_000
+    frame = pd.DataFrame({
+        "Customer No": [f"00{v}" for v in rng.choice(np.arange(30_000_000, 99_999_999), n, replace=False)],
+        "Mobile": rng.choice(["Yes", "No"], n),  # visited on a phone: a flag
+        "Phone": rng.integers(0, 2, n).astype(str),
+        "Email open rate": [f"{v:.7f}" for v in rng.random(n)],  # fractions with many digits
+        "Email revenue": [f"{v:.2f}" for v in rng.gamma(2, 6_000, n)],
+        "Converted": rng.integers(0, 2, n),
+    })
+    cfg = parse_dataset_config({"target": {"column": "Converted"}})
+    cols = resolve_columns(frame, cfg)
+    assert not [c for c, why in cols.excluded.items() if why.startswith("personal")], cols.excluded
+    assert cols.excluded["Customer No"].startswith("identifier")  # an id, not a phone number
+    assert {"Mobile", "Phone", "Email open rate", "Email revenue"} <= set(cols.features)
 
 
 @pytest.mark.parametrize("values", [

@@ -357,9 +357,14 @@ def test_unreadable_files_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="unsupported table file leads.xlsx"):
         read_table(tmp_path / "leads.xlsx")
     (tmp_path / "latin.csv").write_bytes("id;Ville\n1;Zürich\n".encode("latin-1"))
-    with pytest.raises(ValueError, match="cannot decode as utf-8; set encoding"):
-        read_table(tmp_path / "latin.csv", parse_dataset_config({"target": {"column": "x"}}))
+    (tmp_path / "utf16.csv").write_bytes("id;Ville\n1;Zürich\n".encode("utf-16"))
+    named = parse_dataset_config({"target": {"column": "x"}, "encoding": "utf-8"})
+    with pytest.raises(ValueError, match="cannot decode as ascii; set encoding"):  # named: no fallback
+        read_table(tmp_path / "latin.csv", named.model_copy(update={"encoding": "ascii"}))
+    assert read_table(tmp_path / "utf16.csv", named.model_copy(update={"encoding": "utf-16"}))["Ville"].tolist() == ["Zürich"]
     assert read_table(tmp_path / "latin.csv")["Ville"].tolist() == ["Zürich"]  # cp1252 fallback
+    # a model trained on a UTF-8 export still reads next month's Windows-1252 one
+    assert read_table(tmp_path / "latin.csv", named)["Ville"].tolist() == ["Zürich"]
     with pytest.raises(FileNotFoundError, match="table not found"):
         read_table(tmp_path / "absent.csv")
 

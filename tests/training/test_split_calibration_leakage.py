@@ -114,3 +114,7 @@ def test_the_calibration_gate_allows_what_chance_gives_on_few_test_rows():
     assert not off.promoted and "by chance" in off.reason
     big = gate({"roc_auc": 0.80, "ece": 0.06, "ece_by_chance": 0.012}, rules, None, cfg)  # many rows
     assert not big.promoted
+    # on a hundred rows chance allows 0.15; the allowance stops at twice max_ece
+    assert not gate({"roc_auc": 0.80, "ece": 0.12, "ece_by_chance": 0.156}, rules, None, cfg).promoted
+    assert gate({"roc_auc": 0.80, "ece": 0.09, "ece_by_chance": 0.156}, rules, None, cfg).promoted
+    assert not gate({"roc_auc": 0.80, "ece": 0.06, "ece_by_chance": float("nan")}, rules, None, cfg).promoted
