@@ -164,7 +164,9 @@ class TreeContributions:
     def _fill(self, X: np.ndarray, idx: np.ndarray) -> None:
         """Compute the table rows of the patterns of ``X`` not seen yet, with LightGBM."""
         with self._lock:
-            for t in range(self.n_trees):
+            # only the trees with a new pattern: a cold row is new to one tree or two, and
+            # looking at every tree cost more than the LightGBM calls (5 ms for 300 trees)
+            for t in np.flatnonzero((~self._filled[idx]).any(axis=0)).tolist():
                 new, first = np.unique(idx[:, t], return_index=True)
                 todo = ~self._filled[new]
                 if not todo.any():

@@ -144,3 +144,30 @@ def test_blocks_of_rows_warm_up_a_wrong_width_and_the_size_cap(monkeypatch):
     assert TreeContributions.of(booster) is not None
     monkeypatch.setattr(contributions, "MAX_TABLE_BYTES", table_bytes - 1)
     assert TreeContributions.of(booster) is None  # left to pred_contrib
+
+
+def test_a_row_new_to_one_tree_asks_lightgbm_about_that_tree_only():
+    X, y = _data()
+    booster = _booster(X, y)
+    table = TreeContributions.of(booster)
+    table(X)  # every pattern of the training rows is in
+    calls: list[int] = []
+    predict = table._booster.predict
+
+    def counted(rows, **kw):  # LightGBM still computes; the calls are counted
+        calls.append(kw["start_iteration"])
+        return predict(rows, **kw)
+
+    table._booster.predict = counted
+    table(X[:50])
+    assert calls == []  # all known: no call
+    rng = np.random.default_rng(3)
+    met_new = 0
+    for row in X[rng.choice(len(X), 200)] * rng.normal(0, 3, (200, X.shape[1])):
+        new_trees = set(np.flatnonzero(~table._filled[table.patterns(row[None, :])[0]]).tolist())
+        met_new += bool(new_trees)
+        calls.clear()
+        np.testing.assert_allclose(table.one(row), booster.predict(row[None, :], pred_contrib=True)[0],
+                                   rtol=0, atol=1e-12)
+        assert sorted(calls) == sorted(new_trees)  # one call per tree the row is new to, no other
+    assert met_new > 20  # the rows did meet new patterns
