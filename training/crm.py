@@ -145,7 +145,7 @@ _PII_NAME = re.compile(
     re.IGNORECASE)
 _POST_CONTACT_NAME = re.compile(
     r"\btags?\b|quality|status|\bstage\b|disposition|\bowner\b|assigned|sales.?rep|"
-    r"last.?(notable.?)?activity|lost|\bwon\b|closed|\bdeal\b|opportunit|\bscore\b|"
+    r"last.?(notable.?)?activity|lost|\bwon\b|closed|deal.?(stage|status|value|amount)|opportunit|\bscore\b|"
     r"\bgrade\b|rating|bewertung|statut|qualif|call.?(outcome|result)|outcome|\bresult\b", re.IGNORECASE)
 _CREATED_NAME = re.compile(r"creat|cr[ée]{2}|erstellt|angelegt|added|signup|sign.?up|registered|received|first.?seen|lead.?date", re.IGNORECASE)
 #: Column names (letters only, accents dropped, case-folded) that name a personal field
@@ -455,9 +455,11 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
     """Read a CRM export: Parquet as typed, CSV with every cell as text (cleaning decides).
 
     ``config`` (a :class:`DatasetConfig`, or a model's stored ``dataset`` mapping) gives the
-    separator and encoding; without them the separator is sniffed and the encoding is UTF-8,
-    else Windows-1252 (also when the config leaves the encoding at UTF-8: logged). Column names are trimmed; unnamed, empty trailing columns (a stray
-    separator at line ends) are dropped.
+    separator and encoding; without them the separator is sniffed (also in a ``.gz`` file) and
+    the encoding is UTF-8, else Windows-1252 (also when the config leaves the encoding at UTF-8:
+    logged). A config's separator that leaves one column is replaced by the sniffed one
+    (logged). Column names are trimmed; unnamed, empty trailing columns (a stray separator at
+    line ends) are dropped.
     """
     path = Path(path)
     if isinstance(config, Mapping):
@@ -474,11 +476,16 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
         sep = config.separator if config and config.separator else None
         for i, encoding in enumerate(encodings):
             try:
-                if sep is None and path.suffix.lower() not in (".gz", ".zip"):
-                    with open(path, encoding=encoding, newline="") as f:
-                        sep = sniff_separator(f.read(65536))
-                frame = pd.read_csv(path, sep=sep or ",", dtype=str, encoding=encoding,
-                                    keep_default_na=False, na_values=[""], engine="c")
+                if sep is None:
+                    sep = _sniff_file(path, encoding)
+                frame = _read_csv(path, sep or ",", encoding)
+                if frame.shape[1] == 1 and config is not None and config.separator:
+                    sniffed = _sniff_file(path, encoding, errors="replace")
+                    if sniffed and sniffed != sep:  # one column: the export changed its separator
+                        log.warning("%s: one column when read with the dataset config's separator "
+                                    "%r; read with %r, as the file looks", path.name, sep, sniffed)
+                        sep = sniffed
+                        frame = _read_csv(path, sep, encoding)
                 frame.attrs["encoding"] = encoding
                 if i and config is not None:
                     log.warning("%s: not UTF-8; read as Windows-1252 (set encoding in the dataset "
@@ -490,7 +497,7 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                                      "in the dataset config") from None
     else:
         raise ValueError(f"unsupported table file {path.name}: CSV (any separator) or Parquet")
-    if "encoding" in frame.attrs and path.suffix.lower() not in (".gz", ".zip"):
+    if "encoding" in frame.attrs and path.suffix.lower() != ".zip":
         _warn_repeated_names(path, sep or ",", frame.attrs["encoding"], list(frame.columns))
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     empty = [c for c in frame.columns if (not c or c.startswith("Unnamed: ")) and frame[c].isna().all()]
@@ -499,9 +506,45 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
     return out
 
 
+def _read_csv(path: Path, sep: str, encoding: str) -> pd.DataFrame:
+    """Every cell as text; a file that is not CSV with ``sep`` is an error naming it."""
+    try:
+        return pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False,
+                           na_values=[""], engine="c")
+    except pd.errors.ParserError as e:
+        detail = str(e).strip().splitlines()[-1]
+        raise ValueError(f"{path.name}: not readable as CSV with separator {sep!r} ({detail}); "
+                         "set separator in the dataset config") from None
+
+
+def _open_text(path: Path, encoding: str, errors: str = "strict"):
+    """A CSV file opened as text, gzip-compressed or not."""
+    import gzip
+
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding=encoding, errors=errors, newline="")
+    return open(path, encoding=encoding, errors=errors, newline="")
+
+
+def _sniff_file(path: Path, encoding: str = "utf-8", errors: str = "strict") -> str | None:
+    """The separator of a CSV file (gzip-compressed or not); None for a zip archive."""
+    if path.suffix.lower() == ".zip":
+        return None
+    with _open_text(path, encoding, errors) as f:
+        return sniff_separator(f.read(65536))
+
+
+def table_name(path: Path) -> str:
+    """A table's name from its file: ``leads`` for ``leads.csv``, ``leads.csv.gz``."""
+    name = path.name
+    for suffix in (".gz", ".zip", ".csv", ".tsv", ".txt", ".parquet", ".pq"):
+        name = name.removesuffix(suffix) if name.lower().endswith(suffix) else name
+    return name or path.stem
+
+
 def _warn_repeated_names(path: Path, sep: str, encoding: str, read_as: list[str]) -> None:
     """Log the header's names that occur more than once, and what each copy is read as."""
-    with open(path, encoding=encoding, newline="") as f:
+    with _open_text(path, encoding) as f:
         header = [str(c).strip().lstrip("\ufeff") for c in next(csv.reader(f, delimiter=sep), [])]
     for name in sorted({c for c in header if c and header.count(c) > 1}):
         copies = [read_as[i] for i, c in enumerate(header) if c == name and i < len(read_as)]
@@ -563,13 +606,33 @@ def parse_numbers(s: pd.Series, *, decimal: str = ".", thousands: str | None = N
 _CURRENCY = "$€£¥₹"
 _GROUPED = {",": re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?"),
             ".": re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d+)?")}
+_CODES = "USD|EUR|GBP|CHF|JPY|CNY|INR|AUD|CAD|SEK|NOK|DKK|PLN|CZK|HUF|BRL|MXN|ZAR|SGD|HKD|NZD|TRY|AED"
+_CURRENCY_CODE = re.compile(rf"^(?:{_CODES})(?=[-+\d(.,])|(?<=[\d.,)])(?:{_CODES})$")  # EUR 1.234,50, 12 CHF
+_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6}  # 4.2k employees, 1.5M revenue
+
+
+def _number_core(text: str) -> tuple[str, float]:
+    """A cell's number as bare text (no spaces, currency sign or code, percent sign;
+    ``(1,234)`` as ``-1,234``) and the scale of a ``k``/``M`` suffix."""
+    for ch in (" ", "\u00a0", "\u202f", "'", "\u2019"):
+        text = text.replace(ch, "")
+    text = _CURRENCY_CODE.sub("", text).strip(_CURRENCY).removesuffix("%")
+    if len(text) > 2 and text[0] == "(" and text[-1] == ")":  # accounting negative
+        text = "-" + text[1:-1].strip(_CURRENCY)
+    if len(text) > 1 and text[0] in "+-" and text[1] in _CURRENCY:
+        text = text[0] + text[2:]
+    scale = 1.0
+    if len(text) > 1 and text[-1] in _SCALE and text[-2].isdigit():
+        text, scale = text[:-1], _SCALE[text[-1]]
+    return text, scale
 
 
 def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
     """One cell as a number: ``decimal`` is the decimal mark; digit groups are separated by
     ``thousands``, spaces or apostrophes, or by the other of ``,``/``.`` when every group has
     three digits (``1,234,567.5`` with decimal ``.``, ``1.234,5`` with decimal ``,``); a
-    currency sign or a trailing ``%`` is ignored; ``true``/``false`` are 1 and 0 (a boolean
+    currency sign or code (``EUR 1.234,50``, ``12 CHF``) or a trailing ``%`` is ignored,
+    ``(1,234)`` is negative, ``4.2k`` and ``1.5M`` are scaled; ``true``/``false`` are 1 and 0 (a boolean
     column of a Parquet file arrives as text from a CSV or a JSON request). Anything else is NaN."""
     if isinstance(value, (bool, np.bool_)):
         return float(value)
@@ -578,11 +641,7 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
     text = str(value).strip()
     if text.casefold() in ("true", "false"):  # a boolean column read as text (CSV, JSON)
         return float(text.casefold() == "true")
-    for ch in (" ", "\u00a0", "\u202f", "'", "\u2019"):
-        text = text.replace(ch, "")
-    text = text.strip(_CURRENCY).removesuffix("%")
-    if len(text) > 1 and text[0] in "+-" and text[1] in _CURRENCY:
-        text = text[0] + text[2:]
+    text, scale = _number_core(text)
     if thousands:
         text = text.replace(thousands, "")
     else:
@@ -594,7 +653,7 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
             return np.nan
         text = text.replace(decimal, ".")
     try:
-        v = float(text)
+        v = float(text) * scale
     except ValueError:
         return np.nan
     return v if math.isfinite(v) else np.nan
@@ -731,6 +790,23 @@ def target_labels(s: pd.Series, config: DatasetConfig) -> pd.Series:
     return y.where(labelled, np.nan)
 
 
+def negatives_note(s: pd.Series, config: DatasetConfig) -> str | None:
+    """A warning when a target's positive value is given without ``target.negative`` and
+    several other values all count as not converted (``Closed Lost`` and ``Open``): an open
+    deal is not a lost one. None otherwise."""
+    if config.positive_values is None or config.negative_values is not None:
+        return None
+    placeholders = {_fold(p) for p in config.placeholders}
+    present = {_key(v) for v in s[~_missing_mask(s, placeholders)].dropna().unique()}
+    others = sorted(present - {_key(p) for p in config.positive_values})
+    if len(others) < 2:
+        return None
+    shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
+    return (f"target {config.target.column!r}: {len(others)} values count as not converted "
+            f"({shown}); if some are still open, list the lost ones under target.negative: the "
+            "others are then left out")
+
+
 # ---------------------------------------------------------------------------
 # Resolving the columns: what is a feature, of which kind, and why the others are not
 # ---------------------------------------------------------------------------
@@ -834,6 +910,25 @@ def _personal_reason(s: pd.Series, name: str, numbers: pd.Series | None) -> str 
     return None
 
 
+_TIME_NAME = re.compile(r"date|time|creat|erstellt|\bts\b|epoch|\(ms\)|_ms$|\bms$|seen|modified|updated",
+                        re.IGNORECASE)
+
+
+def epoch_unit(s: pd.Series) -> Literal["s", "ms"] | None:
+    """``"s"`` or ``"ms"`` when nearly every value of ``s`` (numbers, or text of numbers) is a
+    whole Unix time between 2001 and 2039 in that unit; else None."""
+    v = parse_numbers(s.dropna().head(500))
+    if not len(v) or v.isna().mean() > 0.02:
+        return None
+    v = v.dropna()
+    if not bool((v % 1 == 0).all()):
+        return None
+    for unit, lo, hi in (("s", 1e9, 2.2e9), ("ms", 1e12, 2.2e12)):
+        if float(((v >= lo) & (v <= hi)).mean()) >= 0.98:
+            return unit
+    return None
+
+
 def _date_share(s: pd.Series) -> float:
     if pd.api.types.is_datetime64_any_dtype(s):
         return 1.0
@@ -842,7 +937,10 @@ def _date_share(s: pd.Series) -> float:
     sample = s.dropna().astype(str).head(500)
     if not len(sample) or sample.str.contains(_DATE_VALUE).mean() < 0.9:
         return 0.0
-    parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    try:  # utc: offsets may differ within a column (daylight saving time)
+        parsed = pd.to_datetime(sample, errors="coerce", format="mixed", utc=True)
+    except (ValueError, OverflowError):
+        return 0.0
     return float(parsed.notna().mean())
 
 
@@ -890,7 +988,8 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
             reason = _personal_reason(present, col, numbers)
             if reason is None and present.nunique() <= 1:
                 reason = "constant: one value on every row"
-            if reason is None and not is_num and _date_share(present) >= 0.9:
+            if reason is None and ((not is_num and _date_share(present) >= 0.9) or (
+                    is_num and _TIME_NAME.search(str(col)) and epoch_unit(present))):
                 reason = ("date/time column: when it was recorded is unknown (it may postdate "
                           "the outcome); name it time_column to split by it")
             if reason is None:
@@ -1008,10 +1107,13 @@ def parse_times(s: pd.Series, dayfirst: bool | None = None, column: str = "") ->
     """Timestamps (naive, UTC) of a column; NaT where unparseable.
 
     Numeric dates (``03/04/2024``) are read in one order for the whole column: ``dayfirst``,
-    else the order the values show (:func:`date_order`), else month first (logged).
+    else the order the values show (:func:`date_order`), else month first (logged). Whole
+    numbers in the range of Unix times (:func:`epoch_unit`) are seconds or milliseconds.
     """
     if pd.api.types.is_datetime64_any_dtype(s):
         t = s
+    elif unit := epoch_unit(s):  # Unix time, as an API export gives it
+        t = pd.to_datetime(parse_numbers(s), unit=unit, errors="coerce", utc=True)
     elif pd.api.types.is_numeric_dtype(s):
         return pd.Series(pd.NaT, index=s.index, dtype="datetime64[ns]")
     else:
@@ -1084,7 +1186,7 @@ def _guess_decimal(frame: pd.DataFrame, separator: str | None) -> str:
         s = frame[c]
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             continue
-        sample = s.dropna().astype(str).str.strip().head(500)
+        sample = s.dropna().astype(str).str.strip().head(500).map(lambda t: _number_core(t)[0])
         grouped_comma = sample.str.fullmatch(_GROUPED[","].pattern)
         grouped_dot = sample.str.fullmatch(_GROUPED["."].pattern)
         comma += int((sample.str.fullmatch(r"[-+]?\d+,\d+") & ~grouped_comma).sum())
@@ -1140,6 +1242,7 @@ def infer_config(
 
     auto = resolve_columns(frame, base, auto=True)
     exclude = dict(auto.excluded)
+    target_note = negatives_note(frame[target], base)
     id_column = next((c for c, why in exclude.items() if why.startswith("identifier") and
                       _ID_NAME.search(c) and not pd.api.types.is_float_dtype(frame[c])), None)
     if id_column is None:
@@ -1179,6 +1282,8 @@ def infer_config(
         elif auc >= STRONG_AUC:
             notes[c] = (f"strong single-column predictor (ROC AUC {auc:.3f}, in-sample): check "
                         "that it is known before the first sales contact")
+    if target_note:
+        notes[target] = target_note
     return DatasetConfig(
         name=name, id_column=id_column,
         target=TargetConfig(column=target, positive=positive),
@@ -1574,6 +1679,8 @@ def train_table(
     columns = check_config(frame, config)
     for col, why in columns.excluded.items():
         log.info("column %r left out: %s", col, why)
+    if note := negatives_note(frame[config.target.column], config):
+        log.warning(note)
     data = table_features(frame, config, columns.categorical, columns.numeric, with_target=True)
     times = (parse_times(frame[config.time_column], config.dayfirst, config.time_column).reset_index(drop=True)
              if config.time_column else None)
@@ -1725,16 +1832,16 @@ def table_input_example(frame: pd.DataFrame, config: DatasetConfig, columns: Col
     (no real row leaves the table): the i-th most frequent value of each categorical column,
     the quartiles of each numeric one, and made-up ids."""
     cleaned = table_features(frame, config, columns.categorical, columns.numeric)
-    out = pd.DataFrame(index=range(n))
+    made_up: dict[str, Any] = {}  # column by column, then one frame (a wide table stays whole)
     for c in columns.categorical:
         common = cleaned[feature_name(c)].dropna().astype(str).value_counts(sort=True).index[:n].tolist()
         if common:
-            out[c] = [common[i % len(common)] for i in range(n)]
+            made_up[c] = [common[i % len(common)] for i in range(n)]
     for c in columns.numeric:
         values = cleaned[feature_name(c)].astype("float64").dropna()
         if len(values):
-            out[c] = np.quantile(values, np.linspace(0.25, 0.75, n)).astype("float64")
-    out = out[[c for c in columns.features if c in out.columns]]
+            made_up[c] = np.quantile(values, np.linspace(0.25, 0.75, n)).astype("float64")
+    out = pd.DataFrame({c: made_up[c] for c in columns.features if c in made_up}, index=range(n))
     if config.id_column:
         out.insert(0, config.id_column, [f"example-{i + 1}" for i in range(len(out))])
     return out
@@ -1759,10 +1866,9 @@ def infer_file_config(table: Path, frame: pd.DataFrame, *, target: str | None = 
     the file's separator and encoding written into the config (so that it reads the file
     again as it is)."""
     sep = None
-    if table.suffix.lower() not in PARQUET_SUFFIXES:
-        with open(table, encoding="utf-8", errors="replace", newline="") as f:
-            sep = sniff_separator(f.read(65536))
-    config = infer_config(frame, target=target, positive=positive, name=table.stem, separator=sep)
+    if table.suffix.lower() not in PARQUET_SUFFIXES and not table.is_dir():
+        sep = _sniff_file(table, frame.attrs.get("encoding", "utf-8"), errors="replace")
+    config = infer_config(frame, target=target, positive=positive, name=table_name(table), separator=sep)
     return config.model_copy(update={"encoding": frame.attrs.get("encoding", config.encoding)})
 
 
@@ -1871,7 +1977,7 @@ def train_table_command(
         else:
             frame = read_table(table)
             dataset = infer_file_config(table, frame, target=target)
-            out = Path(workdir) / f"{table.stem}.dataset.yaml"
+            out = Path(workdir) / f"{table_name(table)}.dataset.yaml"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(dump_dataset_config(dataset, f"# Inferred from {table.name}: review before reuse.\n"))
             console.print(f"no dataset config given: inferred one, written to {out} (review it)")
@@ -1881,7 +1987,7 @@ def train_table_command(
         tcfg = _training_config(dataset, config)
     except (DatasetConfigError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    dataset = dataset.model_copy(update={"name": dataset.name or table.stem})
+    dataset = dataset.model_copy(update={"name": dataset.name or table_name(table)})
     t_load = time.perf_counter() - t0
     try:
         with console.status("training"):
@@ -1889,9 +1995,9 @@ def train_table_command(
     except DatasetConfigError as e:
         fail(str(e))
     except NotEnoughData as e:
-        console.print(f"[yellow]no model trained: {e}. The rule scorer stays in charge "
-                      "(a small table can lower training.gate.min_train_positives in its "
-                      "dataset config).[/]")
+        console.print(f"[yellow]no model trained: {e}. Nothing was registered, so `leadscore "
+                      "score --table` has no model for this table; a small table can lower "
+                      "training.gate.min_train_positives in its dataset config.[/]")
         return None
     t_train = time.perf_counter() - t0 - t_load
     result = trained.result

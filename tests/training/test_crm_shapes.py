@@ -352,6 +352,61 @@ def test_a_header_naming_a_column_twice_is_reported(tmp_path, caplog):
     assert "names column 'Source' 2 times; the copies are read as ['Source', 'Source.1']" in caplog.text
 
 
+def test_numbers_with_currency_codes_accounting_negatives_and_k_suffixes():
+    s = pd.Series(["EUR 1.234,50", "(1.234)", "4,2k", "12 CHF", "45,5 %", "-€3,5", "ABC12"])
+    assert parse_numbers(s, decimal=",").tolist()[:6] == [1234.5, -1234.0, 4200.0, 12.0, 45.5, -3.5]
+    assert np.isnan(parse_numbers(s, decimal=",").iloc[6])  # a code, not a currency
+    frame = pd.DataFrame({"Value": ["EUR 8.814,94", "EUR 12,50"] * 50, "Win": ["23,7 %", "5 %"] * 50,
+                          "won": [1, 0] * 50})
+    assert infer_config(frame, target="won", separator="\t").decimal == ","
+
+
+def test_gzip_exports_mixed_utc_offsets_and_unix_times(tmp_path):
+    from training.crm import infer_file_config
+
+    frame = leads(300)
+    frame["Created (ms)"] = (pd.to_datetime(frame["Créé le"], dayfirst=True).astype("int64") // 10**6).astype(str)
+    frame["Expected close"] = np.where(np.arange(300) % 2, "2024-04-29T01:00:00+0200", "2024-01-29T01:00:00+0100")
+    path = tmp_path / "export.csv.gz"
+    frame.drop(columns="Créé le").to_csv(path, sep=";", index=False, compression="gzip")
+    read = read_table(path)
+    assert list(read.columns) == [c for c in frame.columns if c != "Créé le"]
+    inferred = infer_file_config(path, read)
+    assert (inferred.name, inferred.separator, inferred.time_column) == ("export", ";", "Created (ms)")
+    assert inferred.exclude["Expected close"].startswith("date/time")  # two offsets: no crash
+    times = parse_times(read["Created (ms)"])
+    assert times.notna().all() and times.min() >= pd.Timestamp("2024-01-01")
+
+
+def test_a_target_with_open_deals_and_no_negative_value_is_warned_about(caplog):
+    frame = leads(300)
+    frame["Statut"] = np.where(np.arange(300) % 3 == 0, "Open", frame["Statut"])
+    cfg = parse_dataset_config({**CONFIG, "target": {"column": "Statut", "positive": "Won"}})
+    with caplog.at_level("WARNING", logger="training.crm"):
+        train_table(frame, cfg)
+    assert "'Statut': 2 values count as not converted (lost, open)" in caplog.text
+    assert "Statut" in infer_config(frame, target="Statut", positive="Won").notes
+
+
+def test_a_crm_prefixing_every_column_with_deal_is_not_all_post_contact():
+    frame = leads(300).rename(columns=lambda c: f"Deal - {c}")  # as Pipedrive exports deals
+    frame["Deal - Stage"] = frame["Deal - Statut"]
+    inferred = infer_config(frame, target="Deal - Statut")
+    assert set(inferred.post_contact) == {"Deal - Stage"}
+
+
+def test_a_changed_separator_and_a_wrong_one_are_said(tmp_path, caplog):
+    path = tmp_path / "export.csv"
+    leads(50).to_csv(path, index=False)  # the model's config says ';'
+    cfg = parse_dataset_config({**CONFIG, "separator": ";"})
+    with caplog.at_level("WARNING", logger="training.crm"):
+        assert list(read_table(path, cfg).columns) == list(leads(1).columns)
+    assert "one column when read with the dataset config's separator ';'; read with ','" in caplog.text
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"bad.csv: not readable as CSV with separator ','"):
+        read_table(tmp_path / "bad.csv")
+
+
 def test_unreadable_files_fail_clearly(tmp_path):
     (tmp_path / "leads.xlsx").write_bytes(b"PK\x03\x04")
     with pytest.raises(ValueError, match="unsupported table file leads.xlsx"):

@@ -16,8 +16,8 @@ from training.metrics import (
     binary_metrics,
     compare,
     decile_table,
-    expected_calibration_error,
     ece_by_chance,
+    expected_calibration_error,
     reliability_curve,
     roc_auc_intervals,
 )
