@@ -481,11 +481,16 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                 frame = _read_csv(path, sep or ",", encoding)
                 if frame.shape[1] == 1 and config is not None and config.separator:
                     sniffed = _sniff_file(path, encoding, errors="replace")
-                    if sniffed and sniffed != sep:  # one column: the export changed its separator
-                        log.warning("%s: one column when read with the dataset config's separator "
-                                    "%r; read with %r, as the file looks", path.name, sep, sniffed)
-                        sep = sniffed
-                        frame = _read_csv(path, sep, encoding)
+                    if sniffed and sniffed != sep and sniffed in str(frame.columns[0]):
+                        try:  # one column, the header split by another: the export changed
+                            other = _read_csv(path, sniffed, encoding)
+                        except ValueError:
+                            other = frame
+                        if other.shape[1] > 1:
+                            log.warning("%s: one column when read with the dataset config's "
+                                        "separator %r; read with %r, as the file looks",
+                                        path.name, sep, sniffed)
+                            frame, sep = other, sniffed
                 frame.attrs["encoding"] = encoding
                 if i and config is not None:
                     log.warning("%s: not UTF-8; read as Windows-1252 (set encoding in the dataset "
@@ -596,10 +601,15 @@ def parse_numbers(s: pd.Series, *, decimal: str = ".", thousands: str | None = N
     if pd.api.types.is_numeric_dtype(s):
         return pd.to_numeric(s, errors="coerce").astype("float64")
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
-    lut = np.empty(len(uniques) + 1)
-    for i, u in enumerate(uniques):
-        lut[i] = _parse_number(u, decimal, thousands)
-    lut[-1] = np.nan
+    lut = np.full(len(uniques) + 1, np.nan)
+    todo = np.arange(len(uniques))
+    if decimal == "." and not thousands:  # plain numbers at C speed, the rest one by one
+        plain = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype="float64")
+        done = np.isfinite(plain)
+        lut[:-1][done] = plain[done]
+        todo = np.flatnonzero(~done)
+    for i in todo.tolist():
+        lut[i] = _parse_number(uniques[i], decimal, thousands)
     return pd.Series(lut[codes], index=s.index, dtype="float64")
 
 
@@ -608,12 +618,11 @@ _GROUPED = {",": re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?"),
             ".": re.compile(r"[-+]?\d{1,3}(\.\d{3})+(,\d+)?")}
 _CODES = "USD|EUR|GBP|CHF|JPY|CNY|INR|AUD|CAD|SEK|NOK|DKK|PLN|CZK|HUF|BRL|MXN|ZAR|SGD|HKD|NZD|TRY|AED"
 _CURRENCY_CODE = re.compile(rf"^(?:{_CODES})(?=[-+\d(.,])|(?<=[\d.,)])(?:{_CODES})$")  # EUR 1.234,50, 12 CHF
-_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6}  # 4.2k employees, 1.5M revenue
 
 
-def _number_core(text: str) -> tuple[str, float]:
-    """A cell's number as bare text (no spaces, currency sign or code, percent sign;
-    ``(1,234)`` as ``-1,234``) and the scale of a ``k``/``M`` suffix."""
+def _number_core(text: str) -> str:
+    """A cell's number as bare text: no spaces, currency sign or code, percent sign;
+    ``(1,234)`` as ``-1,234``."""
     for ch in (" ", "\u00a0", "\u202f", "'", "\u2019"):
         text = text.replace(ch, "")
     text = _CURRENCY_CODE.sub("", text).strip(_CURRENCY).removesuffix("%")
@@ -621,10 +630,7 @@ def _number_core(text: str) -> tuple[str, float]:
         text = "-" + text[1:-1].strip(_CURRENCY)
     if len(text) > 1 and text[0] in "+-" and text[1] in _CURRENCY:
         text = text[0] + text[2:]
-    scale = 1.0
-    if len(text) > 1 and text[-1] in _SCALE and text[-2].isdigit():
-        text, scale = text[:-1], _SCALE[text[-1]]
-    return text, scale
+    return text
 
 
 def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
@@ -632,7 +638,7 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
     ``thousands``, spaces or apostrophes, or by the other of ``,``/``.`` when every group has
     three digits (``1,234,567.5`` with decimal ``.``, ``1.234,5`` with decimal ``,``); a
     currency sign or code (``EUR 1.234,50``, ``12 CHF``) or a trailing ``%`` is ignored,
-    ``(1,234)`` is negative, ``4.2k`` and ``1.5M`` are scaled; ``true``/``false`` are 1 and 0 (a boolean
+    ``(1,234)`` is negative; ``true``/``false`` are 1 and 0 (a boolean
     column of a Parquet file arrives as text from a CSV or a JSON request). Anything else is NaN."""
     if isinstance(value, (bool, np.bool_)):
         return float(value)
@@ -641,7 +647,7 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
     text = str(value).strip()
     if text.casefold() in ("true", "false"):  # a boolean column read as text (CSV, JSON)
         return float(text.casefold() == "true")
-    text, scale = _number_core(text)
+    text = _number_core(text)
     if thousands:
         text = text.replace(thousands, "")
     else:
@@ -653,7 +659,7 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
             return np.nan
         text = text.replace(decimal, ".")
     try:
-        v = float(text) * scale
+        v = float(text)
     except ValueError:
         return np.nan
     return v if math.isfinite(v) else np.nan
@@ -802,9 +808,11 @@ def negatives_note(s: pd.Series, config: DatasetConfig) -> str | None:
     if len(others) < 2:
         return None
     shown = ", ".join(others[:6]) + (", ..." if len(others) > 6 else "")
+    unknown = [v for v in others if v in KNOWN_PLACEHOLDERS]
+    hint = (f"if {', '.join(unknown)} mean unknown, add them to placeholders; " if unknown else "")
     return (f"target {config.target.column!r}: {len(others)} values count as not converted "
-            f"({shown}); if some are still open, list the lost ones under target.negative: the "
-            "others are then left out")
+            f"({shown}); {hint}if some are still open (an open deal is not a lost one), list "
+            "the lost ones under target.negative: the others are then left out")
 
 
 # ---------------------------------------------------------------------------
@@ -910,8 +918,9 @@ def _personal_reason(s: pd.Series, name: str, numbers: pd.Series | None) -> str 
     return None
 
 
-_TIME_NAME = re.compile(r"date|time|creat|erstellt|\bts\b|epoch|\(ms\)|_ms$|\bms$|seen|modified|updated",
-                        re.IGNORECASE)
+_TIME_NAME = re.compile(  # a column named as a time: "Created (ms)", "updated_at", "Close Date"
+    r"\b(date|time|timestamp|datum|zeit)\b|creat(ed|ion)|erstellt|_at$|\bts\b|epoch|\(ms\)|_ms$|"
+    r"\bms$|\bupdated\b|modified|(first|last).?seen", re.IGNORECASE)
 
 
 def epoch_unit(s: pd.Series) -> Literal["s", "ms"] | None:
@@ -989,7 +998,8 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
             if reason is None and present.nunique() <= 1:
                 reason = "constant: one value on every row"
             if reason is None and ((not is_num and _date_share(present) >= 0.9) or (
-                    is_num and _TIME_NAME.search(str(col)) and epoch_unit(present))):
+                    is_num and _TIME_NAME.search(str(col)) and not _ID_NAME.search(str(col))
+                    and present.nunique() > 0.1 * len(present) and epoch_unit(present))):
                 reason = ("date/time column: when it was recorded is unknown (it may postdate "
                           "the outcome); name it time_column to split by it")
             if reason is None:
@@ -1186,7 +1196,7 @@ def _guess_decimal(frame: pd.DataFrame, separator: str | None) -> str:
         s = frame[c]
         if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
             continue
-        sample = s.dropna().astype(str).str.strip().head(500).map(lambda t: _number_core(t)[0])
+        sample = s.dropna().astype(str).str.strip().head(500).map(_number_core)
         grouped_comma = sample.str.fullmatch(_GROUPED[","].pattern)
         grouped_dot = sample.str.fullmatch(_GROUPED["."].pattern)
         comma += int((sample.str.fullmatch(r"[-+]?\d+,\d+") & ~grouped_comma).sum())

@@ -352,10 +352,14 @@ def test_a_header_naming_a_column_twice_is_reported(tmp_path, caplog):
     assert "names column 'Source' 2 times; the copies are read as ['Source', 'Source.1']" in caplog.text
 
 
-def test_numbers_with_currency_codes_accounting_negatives_and_k_suffixes():
-    s = pd.Series(["EUR 1.234,50", "(1.234)", "4,2k", "12 CHF", "45,5 %", "-€3,5", "ABC12"])
-    assert parse_numbers(s, decimal=",").tolist()[:6] == [1234.5, -1234.0, 4200.0, 12.0, 45.5, -3.5]
-    assert np.isnan(parse_numbers(s, decimal=",").iloc[6])  # a code, not a currency
+def test_numbers_with_currency_codes_and_accounting_negatives():
+    s = pd.Series(["EUR 1.234,50", "(1.234)", "12 CHF", "45,5 %", "-€3,5", "ABC12", "4,2k", "3M"])
+    got = parse_numbers(s, decimal=",").tolist()
+    assert got[:5] == [1234.5, -1234.0, 12.0, 45.5, -3.5]
+    assert np.isnan(got[5:]).all()  # a code is not a currency; 4,2k and 3M (a plan term?) are text
+    plain = pd.Series(["1", "2.5", " 3 ", "1e3", "inf", "true", "1,234", "x", None] * 3)
+    assert parse_numbers(plain).tolist()[:9] == pytest.approx(
+        [1, 2.5, 3, 1000, np.nan, 1, 1234, np.nan, np.nan], nan_ok=True)
     frame = pd.DataFrame({"Value": ["EUR 8.814,94", "EUR 12,50"] * 50, "Win": ["23,7 %", "5 %"] * 50,
                           "won": [1, 0] * 50})
     assert infer_config(frame, target="won", separator="\t").decimal == ","
@@ -376,6 +380,12 @@ def test_gzip_exports_mixed_utc_offsets_and_unix_times(tmp_path):
     assert inferred.exclude["Expected close"].startswith("date/time")  # two offsets: no crash
     times = parse_times(read["Created (ms)"])
     assert times.notna().all() and times.min() >= pd.Timestamp("2024-01-01")
+    # ten-digit ids under a name that says id, or a few values repeated, are not Unix times
+    ids = frame.assign(**{"Candidate ID": [str(1_600_000_000 + 7 * i) for i in range(300)],
+                          "Created by user ID": ["1650000000", "1660000000", "1670000000"] * 100})
+    cols = check_config(ids, parse_dataset_config({**CONFIG, "id_column": None}))
+    assert cols.excluded["Candidate ID"].startswith("identifier")
+    assert not cols.excluded.get("Created by user ID", "").startswith("date")
 
 
 def test_a_target_with_open_deals_and_no_negative_value_is_warned_about(caplog):
@@ -386,6 +396,9 @@ def test_a_target_with_open_deals_and_no_negative_value_is_warned_about(caplog):
         train_table(frame, cfg)
     assert "'Statut': 2 values count as not converted (lost, open)" in caplog.text
     assert "Statut" in infer_config(frame, target="Statut", positive="Won").notes
+    unknown = frame.assign(Statut=np.where(np.arange(300) % 3 == 0, "?", frame["Statut"]))
+    note = infer_config(unknown, target="Statut", positive="Won").notes["Statut"]
+    assert "if ? mean unknown, add them to placeholders" in note
 
 
 def test_a_crm_prefixing_every_column_with_deal_is_not_all_post_contact():
@@ -405,6 +418,9 @@ def test_a_changed_separator_and_a_wrong_one_are_said(tmp_path, caplog):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n1,2,3,4\n")
     with pytest.raises(ValueError, match=r"bad.csv: not readable as CSV with separator ','"):
         read_table(tmp_path / "bad.csv")
+    # a file of one column is not re-read because a value holds a comma
+    (tmp_path / "one.csv").write_text("Company\nAcme, Inc.\nBeta\nGamma, Ltd\n")
+    assert read_table(tmp_path / "one.csv", cfg)["Company"].tolist() == ["Acme, Inc.", "Beta", "Gamma, Ltd"]
 
 
 def test_unreadable_files_fail_clearly(tmp_path):
