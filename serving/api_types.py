@@ -923,6 +923,11 @@ def _struct_columns(request: Any, now: dt.datetime) -> LeadColumns:
                      st_counts, st_us, list(map(_A_STAGE, sts)))
 
 
+def _blank(value: Any) -> bool:
+    """An id cell with nothing in it: null, or text of spaces only."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _object_array(values: list[Any]) -> np.ndarray:
     """A 1-d object array of ``values`` (never a 2-d one, whatever the values are)."""
     out = np.empty(len(values), dtype=object)
@@ -992,7 +997,7 @@ class TableSpec:
             errors += [{"field": f"rows.{i}.{c}", "type": "missing_column",
                         "message": "missing column (send null for an empty value)"}
                        for c in shape[1]]
-            if self.id_column and self.id_column in keys and row[self.id_column] in (None, ""):
+            if self.id_column and self.id_column in keys and _blank(row[self.id_column]):
                 errors.append({"field": f"rows.{i}.{self.id_column}", "type": "missing_id",
                                "message": "the id column is empty"})
             if len(errors) >= 20:

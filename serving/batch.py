@@ -113,6 +113,7 @@ log = logging.getLogger(__name__)
 REASON_MODES: tuple[str, ...] = ("top", "all", "none")
 TOP_BANDS: tuple[str, ...] = ("A", "B")
 NOT_SCORABLE = "not_scorable"
+MISSING_ID = "missing_id"  # a table row whose id cell is empty: nothing to write its score under
 MANIFEST_VERSION = 2  # 2: work directory of the sliced preparation
 _BAND_RANK = {b: i for i, b in enumerate(schema.BANDS)}  # A=0 best
 
@@ -1126,11 +1127,13 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
                         res.loc[np.flatnonzero(want), "reasons"] = pd.Series(
                             list(top["reasons"]), index=np.flatnonzero(want), dtype=object)
                 res = res.reset_index(drop=True)
-                bad = ~np.isfinite(res["probability"].to_numpy(dtype="float64"))
+                ids = res["contact_id"]
+                no_id = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
+                bad = ~np.isfinite(res["probability"].to_numpy(dtype="float64")) | no_id
                 if bad.any():
                     rejects.append(pd.DataFrame({"table": "table", "row": np.flatnonzero(bad) + start,
-                                                 "contact_id": res.loc[bad, "contact_id"].astype(str),
-                                                 "reason": NOT_SCORABLE}))
+                                                 "contact_id": ids[bad].fillna("").astype(str),
+                                                 "reason": np.where(no_id[bad], MISSING_ID, NOT_SCORABLE)}))
                     res, want = res.loc[~bad].reset_index(drop=True), want[~bad]
                 table = _outputs_table(res, want, scored_at, None)
                 w.write_table(table)
@@ -1143,7 +1146,8 @@ def run_table(opts: BatchOptions, *, console: Any | None = None, scorer: Any | N
         write_parquet_atomic(pa.Table.from_pandas(rej, schema=REJECT_SCHEMA, preserve_index=False),
                              rejects_path)
         if len(rej):
-            summary.rejects = pd.DataFrame({"table": ["table"], "reason": [NOT_SCORABLE], "rows": [len(rej)]})
+            counts = rej.groupby("reason", sort=True).size()
+            summary.rejects = pd.DataFrame({"table": "table", "reason": counts.index, "rows": counts.to_numpy()})
         if opts.previous is not None:
             current = pd.read_parquet(tmp_out, columns=["contact_id", "band", "score", "probability"])
             movers, summary.previous = compare_previous(current, read_previous(Path(opts.previous)))

@@ -604,7 +604,10 @@ def parse_numbers(s: pd.Series, *, decimal: str = ".", thousands: str | None = N
     lut = np.full(len(uniques) + 1, np.nan)
     todo = np.arange(len(uniques))
     if decimal == "." and not thousands:  # plain numbers at C speed, the rest one by one
-        plain = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype="float64")
+        try:
+            plain = pd.to_numeric(pd.Series(uniques, dtype=object), errors="coerce").to_numpy(dtype="float64")
+        except OverflowError:  # an integer beyond any float (JSON allows it): one by one
+            plain = np.full(len(uniques), np.nan)
         done = np.isfinite(plain)
         lut[:-1][done] = plain[done]
         todo = np.flatnonzero(~done)
@@ -622,15 +625,18 @@ _CURRENCY_CODE = re.compile(rf"^(?:{_CODES})(?=[-+\d(.,])|(?<=[\d.,)])(?:{_CODES
 
 def _number_core(text: str) -> str:
     """A cell's number as bare text: no spaces, currency sign or code, percent sign;
-    ``(1,234)`` as ``-1,234``."""
+    ``(1,234)``, ``(EUR 1.234,50)`` and ``-EUR 5`` as negatives."""
     for ch in (" ", "\u00a0", "\u202f", "'", "\u2019"):
         text = text.replace(ch, "")
-    text = _CURRENCY_CODE.sub("", text).strip(_CURRENCY).removesuffix("%")
-    if len(text) > 2 and text[0] == "(" and text[-1] == ")":  # accounting negative
-        text = "-" + text[1:-1].strip(_CURRENCY)
-    if len(text) > 1 and text[0] in "+-" and text[1] in _CURRENCY:
-        text = text[0] + text[2:]
-    return text
+    negative = False
+    for _ in range(2):  # "(EUR 1.234,50)" and "EUR (1.234,50)" alike
+        if len(text) > 2 and text[0] == "(" and text[-1] == ")":  # accounting negative
+            negative, text = not negative, text[1:-1]
+        if len(text) > 1 and text[0] in "+-" and not (text[1].isdigit() or text[1] in ".,"):
+            negative, text = negative != (text[0] == "-"), text[1:]  # a sign before the currency
+        text = _CURRENCY_CODE.sub("", text).strip(_CURRENCY)
+    text = text.removesuffix("%")
+    return "-" + text if negative else text
 
 
 def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
@@ -643,7 +649,11 @@ def _parse_number(value: object, decimal: str, thousands: str | None) -> float:
     if isinstance(value, (bool, np.bool_)):
         return float(value)
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an integer beyond any float: missing, as "1e400" is
+            return np.nan
+        return v if math.isfinite(v) else np.nan
     text = str(value).strip()
     if text.casefold() in ("true", "false"):  # a boolean column read as text (CSV, JSON)
         return float(text.casefold() == "true")

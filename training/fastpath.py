@@ -32,7 +32,7 @@ from feature_engine.imputation import CategoricalImputer
 from features.schema import BANDS
 from features.transformers import ColumnSelector
 from training.model import LeadModel
-from training.scoring import json_safe, readable, top_effects
+from training.scoring import json_safe, readable, rounded_floats, top_effects
 
 __all__ = ["CompiledEncoder", "FastScorer"]
 
@@ -279,9 +279,8 @@ class FastScorer:
         values = [features[self.columns[j]][row] for j in chosen]
         floats = [i for i, v in enumerate(values) if isinstance(v, (float, np.floating))]
         if floats:  # rounded together, as _json_value rounds each
-            rounded = np.round(np.array([values[i] for i in floats], dtype=np.float64), _DECIMALS)
-            for i, x in zip(floats, rounded.tolist()):
-                values[i] = x if math.isfinite(x) else None
+            for i, x in zip(floats, rounded_floats([values[i] for i in floats], _DECIMALS)):
+                values[i] = x
         values = [v if i in floats else _json_value(v) for i, v in enumerate(values)] \
             if len(floats) < len(values) else values
         return [{"feature": self.names[j], "value": v, "effect": x}
@@ -354,8 +353,7 @@ class _SingleRow:
 def _json_value(v: Any) -> Any:
     """One feature value as :func:`_json_values` shows it."""
     if isinstance(v, (float, np.floating)):
-        x = float(np.round(np.float64(v), _DECIMALS))
-        return x if math.isfinite(x) else None
+        return rounded_floats([v], _DECIMALS)[0]
     if isinstance(v, (bool, np.bool_, int, np.integer)):
         return int(v)
     return json_safe(v, _DECIMALS)
@@ -366,9 +364,7 @@ def _json_values(values: np.ndarray | Sequence[Any], rows: np.ndarray) -> list[A
     column's dtype in the feature DataFrame (floats rounded, non-finite -> None)."""
     arr = np.asarray(values)
     if arr.dtype.kind == "f":
-        v = arr[rows].astype("float64")
-        out = np.round(v, _DECIMALS).tolist()
-        return [x if math.isfinite(x) else None for x in out]
+        return rounded_floats(arr[rows], _DECIMALS)
     if arr.dtype.kind in "iub":
         return arr[rows].astype(np.int64).tolist()
     return [json_safe(v, _DECIMALS) for v in arr[rows].tolist()]

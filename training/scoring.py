@@ -369,6 +369,16 @@ def json_safe(value: Any, decimals: int = 4) -> str | float | int | None:
     return str(value)
 
 
+def rounded_floats(values: np.ndarray, decimals: int) -> list[float | None]:
+    """Floats for JSON, rounded to ``decimals`` as numpy rounds; missing or infinite -> None.
+    A value too large to round (numpy's rounding overflows near 1e308) is kept whole."""
+    v = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.round(v, decimals)
+    r = np.where(np.isfinite(r), r, v)
+    return [x if math.isfinite(x) else None for x in r.tolist()]
+
+
 def _json_values(col: pd.Series, rows: np.ndarray, decimals: int) -> np.ndarray:
     """JSON-safe values of ``col`` at positions ``rows``, as an object array."""
     dtype = col.dtype
@@ -377,9 +387,7 @@ def _json_values(col: pd.Series, rows: np.ndarray, decimals: int) -> np.ndarray:
     if exact_int and not col.hasnans:
         out[:] = col.to_numpy(dtype=np.int64)[rows].tolist()
     elif pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
-        arr = col.to_numpy(dtype=float, na_value=np.nan)[rows]
-        out[:] = np.round(arr, decimals).tolist()
-        out[~np.isfinite(arr)] = None
+        out[:] = rounded_floats(col.to_numpy(dtype=float, na_value=np.nan)[rows], decimals)
     elif pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
         out[:] = col.to_numpy(dtype=object, na_value=None)[rows].tolist()
     else:

@@ -583,3 +583,17 @@ def test_crm_table_is_scored_with_a_table_model(tmp_path: Path) -> None:
     top = got["band"].isin(["A", "B"])
     assert got.loc[top, "reasons"].notna().all() and got.loc[~top, "reasons"].isna().all()
     assert got["as_of"].isna().all()
+
+    # rows without an id go to the rejects; a number near the float limit is shown whole
+    odd = frame.head(6).assign(lead_id=["", "   ", "L-a", "L-b", "L-c", "L-d"],
+                               visits=["1e308", "3", "1.7976931348623157e308", "2", "1e400", "4"])
+    odd.to_csv(path, index=False)
+    out2 = tmp_path / "odd.parquet"
+    summary = run_batch(BatchOptions(data=None, table=path, out=out2, reasons="all"), scorer=model)
+    got = _frame(out2)
+    assert got["contact_id"].tolist() == ["L-a", "L-b", "L-c", "L-d"]
+    rejects = pd.read_parquet(tmp_path / "odd.rejects.parquet")
+    assert rejects["reason"].tolist() == ["missing_id", "missing_id"] and rejects["row"].tolist() == [0, 1]
+    assert summary.rejects.set_index("reason")["rows"].to_dict() == {"missing_id": 2}
+    shown = [r["value"] for rs in got["reasons"].map(json.loads) for r in rs if r["feature"] == "visits"]
+    assert 1.7976931348623157e308 in shown

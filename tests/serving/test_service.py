@@ -1113,13 +1113,14 @@ def test_table_rows_are_checked_against_the_model_columns(shop_table):
     assert list(frame.columns) == list(spec.required) and len(frame) == 3
     bad = [dict(rows[0], **{"Source Chanel": "Webinar"}),
            {k: v for k, v in rows[1].items() if k != "Pages Seen"},
-           dict(rows[2], **{"Lead Key": None})]
+           dict(rows[2], **{"Lead Key": None}), dict(rows[2], **{"Lead Key": "   "})]
     with pytest.raises(T.RequestError) as e:
         spec.frame(bad)
     errors = {(d["field"], d["type"]): d["message"] for d in e.value.errors}
     assert "did you mean 'Source Channel'" in errors[("rows.0.Source Chanel", "unknown_column")]
     assert ("rows.1.Pages Seen", "missing_column") in errors
     assert ("rows.2.Lead Key", "missing_id") in errors
+    assert ("rows.3.Lead Key", "missing_id") in errors  # spaces only: no id either
 
 
 def test_table_fast_path_answers_what_score_table_answers(shop_table):
@@ -1138,6 +1139,14 @@ def test_table_fast_path_answers_what_score_table_answers(shop_table):
             fast = _score_rows_fast(state, part.reset_index(drop=True), "t", mode)
             slow = _score_rows(model, part.reset_index(drop=True), now, "t", mode, None)
             assert json.loads(json.dumps(fast)) == json.loads(json.dumps(slow)), mode
+    # numbers at and beyond the float limit: shown whole, or missing (as "1e400" in a file)
+    huge = state.table.frame([dict(rows[0], **{"Minutes On Site": v})
+                              for v in (1e308, 1.7976931348623157e308, 10**400, "1e400")])
+    fast = _score_rows_fast(state, huge, "t", "all")
+    slow = _score_rows(model, huge, now, "t", "all", None)
+    assert json.dumps(fast, allow_nan=False) == json.dumps(slow, allow_nan=False)
+    minutes = [r["value"] for s in fast for r in s["reasons"] if r["feature"] == "Minutes On Site"]
+    assert set(minutes) <= {1e308, 1.7976931348623157e308, None} and 1e308 in minutes
 
 
 def test_a_failing_table_model_is_answered_by_its_own_rules(shop_table, monkeypatch):
@@ -1216,6 +1225,7 @@ def test_table_rows_over_http_are_validated(table_servers, server, shop_table):
         "unknown column": ([dict(row, **{"Source Chanel": "x"})], "rows.0.Source Chanel"),
         "missing column": ([{k: v for k, v in row.items() if k != "Pages Seen"}], "rows.0.Pages Seen"),
         "missing id": ([{k: v for k, v in row.items() if k != "Lead Key"}], "rows.0.Lead Key"),
+        "blank id": ([dict(row, **{"Lead Key": "  "})], "rows.0.Lead Key"),
         "nested value": ([dict(row, **{"Pages Seen": {"n": 3}})], "rows.0.Pages Seen"),
         "no rows": ([], "rows"),
     }
@@ -1225,6 +1235,10 @@ def test_table_rows_over_http_are_validated(table_servers, server, shop_table):
             assert r.status_code == 422, (case, r.text)
             assert field in [d["field"] for d in r.json()["detail"]], (case, r.text)
             assert "L-0" not in r.text  # values are never echoed
+        # a JSON integer beyond any float is missing, as "1e400" in a file: scored, not a 422
+        big = json.dumps({"rows": [dict(row, **{"Minutes On Site": 10**400})]})
+        r = c.post("/score", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["scores"][0]["scorer"] == "model", r.text
         r = c.post("/score", json=body_of([{"contact": {"contact_id": "a"}}]))  # event-model body
         assert r.status_code == 422 and "takes table input" in r.json()["error"]
         assert {"rows", "leads"} <= {d["field"] for d in r.json()["detail"]}

@@ -357,6 +357,9 @@ def test_numbers_with_currency_codes_and_accounting_negatives():
     got = parse_numbers(s, decimal=",").tolist()
     assert got[:5] == [1234.5, -1234.0, 12.0, 45.5, -3.5]
     assert np.isnan(got[5:]).all()  # a code is not a currency; 4,2k and 3M (a plan term?) are text
+    signed = pd.Series(["(EUR 1.234,50)", "-EUR 1.234,50", "(1.234,50 EUR)", "EUR (1.234,50)", "-€3,5"])
+    assert parse_numbers(signed, decimal=",").tolist() == [-1234.5] * 4 + [-3.5]
+    assert parse_numbers(pd.Series([10**400, 5], dtype=object)).tolist()[1] == 5.0  # no OverflowError
     plain = pd.Series(["1", "2.5", " 3 ", "1e3", "inf", "true", "1,234", "x", None] * 3)
     assert parse_numbers(plain).tolist()[:9] == pytest.approx(
         [1, 2.5, 3, 1000, np.nan, 1, 1234, np.nan, np.nan], nan_ok=True)
