@@ -491,7 +491,7 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
                                         "separator %r; read with %r, as the file looks",
                                         path.name, sep, sniffed)
                             frame, sep = other, sniffed
-                frame.attrs["encoding"] = encoding
+                frame.attrs.update(encoding=encoding, separator=sep or ",")
                 if i and config is not None:
                     log.warning("%s: not UTF-8; read as Windows-1252 (set encoding in the dataset "
                                 "config if it is another)", path.name)
@@ -507,7 +507,7 @@ def read_table(path: Path | str, config: DatasetConfig | Mapping[str, Any] | Non
     frame.columns = [str(c).strip().lstrip("\ufeff") for c in frame.columns]
     empty = [c for c in frame.columns if (not c or c.startswith("Unnamed: ")) and frame[c].isna().all()]
     out = frame.drop(columns=empty)
-    out.attrs = dict(frame.attrs)  # the encoding read, for an inferred config
+    out.attrs = dict(frame.attrs)  # the encoding and separator read, for an inferred config
     return out
 
 
@@ -999,11 +999,12 @@ def resolve_columns(frame: pd.DataFrame, config: DatasetConfig, *, auto: bool = 
             if col in forced:
                 log.warning("column %r is listed in the dataset config but empty: left out", col)
             continue
-        is_num = col in config.numeric or (
-            col not in config.categorical and _numeric_share(s, config, placeholders) >= 0.98)
+        # parsed once: whether the column is numeric, and its figures for the checks below
+        parsed = (None if col in config.categorical else
+                  parse_numbers(present, decimal=config.decimal, thousands=config.thousands))
+        is_num = col in config.numeric or (parsed is not None and float(parsed.notna().mean()) >= 0.98)
+        numbers = parsed if is_num else None
         if auto and col not in forced:
-            numbers = (parse_numbers(present, decimal=config.decimal, thousands=config.thousands)
-                       if is_num else None)
             reason = _personal_reason(present, col, numbers)
             if reason is None and present.nunique() <= 1:
                 reason = "constant: one value on every row"
@@ -1883,12 +1884,10 @@ def _training_config(dataset: DatasetConfig, config_path: Path | None) -> TrainC
 def infer_file_config(table: Path, frame: pd.DataFrame, *, target: str | None = None,
                       positive: Scalar | None = None) -> DatasetConfig:
     """:func:`infer_config` for ``frame`` as :func:`read_table` read it from ``table``, with
-    the file's separator and encoding written into the config (so that it reads the file
-    again as it is)."""
-    sep = None
-    if table.suffix.lower() not in PARQUET_SUFFIXES and not table.is_dir():
-        sep = _sniff_file(table, frame.attrs.get("encoding", "utf-8"), errors="replace")
-    config = infer_config(frame, target=target, positive=positive, name=table_name(table), separator=sep)
+    the separator and encoding it was read with written into the config (so that it reads the
+    file again as it is)."""
+    config = infer_config(frame, target=target, positive=positive, name=table_name(table),
+                          separator=frame.attrs.get("separator"))
     return config.model_copy(update={"encoding": frame.attrs.get("encoding", config.encoding)})
 
 

@@ -345,7 +345,6 @@ def compare(scorers: Mapping[str, object], y: object) -> pd.DataFrame:
     return frame
 
 
-
 def _delong(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC AUC of each row of ``scores`` and their covariance matrix, by DeLong's method
     (DeLong, DeLong & Clarke-Pearson 1988; midranks as in Sun & Xu 2014). Ties count half."""
