@@ -169,11 +169,11 @@ class FastScorer:
         n_features = len(self.columns)
         self._predict_one = _SingleRow(model.booster, _C_API_PREDICT_NORMAL, 1, n_features)
         # reasons as LeadModel.contributions gives them, whatever the number of rows
-        self._table = model.tree_contributions
-        if self._table is not None:  # online, a lead's first reasons should not wait
-            self._table.warm()
-        self._contrib_one = _SingleRow(model.booster, _C_API_PREDICT_CONTRIB, n_features + 1,
-                                       n_features) if self._table is None else None
+        table = model.tree_contributions
+        if table is not None:  # online, a lead's first reasons should not wait
+            table.warm()
+        self._contrib_one = table.one if table is not None else _SingleRow(
+            model.booster, _C_API_PREDICT_CONTRIB, n_features + 1, n_features)
 
     def score_columns(
         self,
@@ -237,8 +237,6 @@ class FastScorer:
 
     def contributions_one(self, row: np.ndarray) -> np.ndarray:
         """:meth:`LeadModel.contributions` of one encoded lead, bias last (thread-safe)."""
-        if self._contrib_one is None:
-            return self._table.one(row)
         return self._contrib_one(row)
 
     def _probability(self, raw: float) -> float:

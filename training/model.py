@@ -138,13 +138,13 @@ class LeadModel:
         state.pop("tree_contributions", None)  # rebuilt where it is used (a lock inside)
         return state
 
-    def contributions(self, X: np.ndarray, *, bias: bool = False) -> np.ndarray:
+    def contributions(self, X: np.ndarray) -> np.ndarray:
         """Per-feature log-odds contributions: LightGBM's tree SHAP (``pred_contrib``), tree
-        by tree (:mod:`training.contributions`); the expected value last with ``bias``."""
+        by tree (:mod:`training.contributions`)."""
         table = self.tree_contributions
         full = table(X) if table is not None else \
             self.booster.predict(X, pred_contrib=True, num_threads=self.num_threads)
-        return full if bias else full[:, :-1]
+        return full[:, :-1]
 
     def score(self, features: pd.DataFrame, *, scored_at: pd.Timestamp,
               reasons: bool | np.ndarray = True) -> pd.DataFrame:
